@@ -1,0 +1,154 @@
+"""Command line: parse arguments, run one step, turn errors into exit codes.
+
+Exit codes: 0 ok; 1 runtime failure; 2 configuration error (environment, catalogue, arguments); 3 a valid
+configuration that cannot run on this hardware. `run` exits with ComfyUI's own code (128+N for signal N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import __version__, logs
+from .context import Context, HardwareOptions, load_context
+from .errors import ConfigError, SupervisorError
+from .plan import Plan
+
+COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
+
+
+def _hardware_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("hardware simulation (ask what a pod would do on other hardware)")
+    group.add_argument("--hardware", type=Path, metavar="FILE", help="read the hardware from `supervisor probe` output")
+    group.add_argument("--gpu", metavar="NAME", help="simulate a known GPU, e.g. 'A100 40GB', 'RTX 4090', h100")
+    group.add_argument("--vram", metavar="SIZE", help="simulate a GPU of this size: 24GiB, 24GB, 24576MiB, 24")
+    group.add_argument("--gpu-count", type=int, default=1, metavar="N", help="number of simulated GPUs (default 1)")
+    group.add_argument("--ram", metavar="SIZE", help="simulate this much host RAM")
+    group.add_argument("--disk", metavar="SIZE", help="simulate this much free disk on the models volume")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisor", description="PID-1 supervisor for ComfyUI pods: plan, fetch, launch, supervise.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="plan, fetch, launch and supervise ComfyUI (the container's entrypoint)")
+    _hardware_options(run)
+
+    plan = sub.add_parser("plan", help="print what would be downloaded and launched, and why; starts nothing")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _hardware_options(plan)
+
+    probe = sub.add_parser("probe", help="print the hardware as JSON (GPUs from NVML, RAM, free disk)")
+    _hardware_options(probe)
+
+    fetch = sub.add_parser("fetch", help="download and verify every file of the plan")
+    fetch.add_argument("--dry-run", action="store_true", help="list what would be downloaded and the total size")
+    fetch.add_argument("--verify", action="store_true", help="re-hash every present file")
+    _hardware_options(fetch)
+
+    check = sub.add_parser("check", help="validate workflows against ComfyUI's node definitions")
+    check.add_argument("workflows", nargs="*", type=Path, help="API-format workflow files (default: the shipped ones)")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--object-info", type=Path, metavar="FILE", help="saved GET /object_info JSON")
+    source.add_argument("--url", metavar="URL", help="a running ComfyUI (default http://127.0.0.1:COMFYUI_PORT)")
+    check.add_argument("--json", action="store_true", help="print the problems as JSON")
+    check.add_argument("--resolved", action="store_true",
+                       help="check the workflows resolved against this pod's plan, as `run` writes them")
+    _hardware_options(check)
+
+    health = sub.add_parser("health", help="exit 0 if the supervisor reports ready, 1 otherwise (HEALTHCHECK)")
+    health.add_argument("--addr", metavar="HOST:PORT", help="status endpoint (default STATUS_ADDR)")
+    health.add_argument("--live", action="store_true", help="check liveness (/healthz) instead of readiness")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> HardwareOptions:
+    return HardwareOptions(hardware_file=getattr(args, "hardware", None), gpu=getattr(args, "gpu", None),
+                           vram=getattr(args, "vram", None), gpu_count=getattr(args, "gpu_count", 1),
+                           ram=getattr(args, "ram", None), disk=getattr(args, "disk", None))
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")  # `supervisor` alone, or with only options, is `supervisor run`
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    # Logs go to stdout for the daemon (the container log) and to stderr for commands whose stdout is data.
+    stream = sys.stdout if command == "run" else sys.stderr
+    logs.configure(environ.get("LOG_LEVEL", "info").strip().lower() or "info",
+                   environ.get("LOG_FORMAT", "auto").strip().lower() or "auto", stream=stream)
+    log = logs.get_logger()
+    try:
+        if command == "health":
+            from .health import command as health_command
+            return health_command(args, environ)
+        ctx = load_context(environ, _options(args))
+        logs.configure(ctx.settings.log_level, ctx.settings.log_format, stream=stream)
+        for warning in ctx.settings.warnings:
+            log.warning("settings.warning", message=warning)
+        if command == "probe":
+            print(json.dumps(ctx.hardware.to_dict(), indent=1))
+            return 0
+        if command == "plan":
+            return _plan(ctx, args)
+        if command == "fetch":
+            from .fetch import command as fetch_command
+            return fetch_command(ctx, args)
+        if command == "check":
+            from .workflows import check_command
+            return check_command(ctx, args)
+        from .supervise import run as run_supervisor
+        return run_supervisor(ctx, args)
+    except ConfigError as exc:
+        log.error("config.error", problems=[str(p) for p in exc.problems])
+        print(logs.scrub(exc.render()), file=sys.stderr)
+        return exc.exit_code
+    except SupervisorError as exc:
+        log.error("error", message=str(exc))
+        print(logs.scrub(str(exc)), file=sys.stderr)
+        return exc.exit_code
+
+
+def log_plan(plan: Plan) -> None:
+    """One event per decision, so a pod's log explains itself."""
+    log = logs.get_logger("planner")
+    log.info("plan.hardware", summary=plan.hardware.summary(), vram_class=plan.vram_class, gpu_tier=plan.gpu_tier)
+    for model in plan.models:
+        knobs = None
+        if model.knobs:
+            knobs = {"blocks_to_swap": model.knobs.blocks_to_swap, "quantization": model.knobs.quantization,
+                     "base_precision": model.knobs.base_precision, "load_device": model.knobs.load_device,
+                     "text_encoder_device": model.knobs.text_encoder_device}
+        log.info("plan.decision", feature=model.feature, variant=model.variant, offload=model.offload,
+                 reason=model.reason, knobs=knobs)
+    for budget in plan.vram_budget:
+        log.info("plan.vram_budget", feature=budget.feature, total_gib=budget.total_gib,
+                 capacity_gib=budget.capacity_gib, fits=budget.fits)
+    log.info("plan.downloads", files=len(plan.downloads), missing=len(plan.missing()),
+             missing_bytes=sum(d.size for d in plan.missing()), disk_fits=plan.disk.fits)
+    log.info("plan.comfyui_args", args=list(plan.comfyui_args))
+    for warning in plan.warnings:
+        log.warning("plan.warning", message=warning)
+    for error in plan.errors:
+        log.error("plan.error", message=error)
+
+
+def _plan(ctx: Context, args: argparse.Namespace) -> int:
+    from .report import render
+
+    plan = ctx.plan()
+    log_plan(plan)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=1, default=str))
+    else:
+        print(render(plan), end="")
+    return 0 if plan.runnable else 3

@@ -1,0 +1,86 @@
+"""Everything a command starts from: settings, catalogue and hardware, loaded with all their errors at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from . import hardware as hw
+from . import logs, volume
+from .catalog import Catalog, load_catalog
+from .errors import ConfigError
+from .plan import Plan
+from .planner import make_plan
+from .settings import Settings, catalog_paths, load_settings
+
+
+@dataclass(frozen=True)
+class HardwareOptions:
+    """The simulation options shared by plan, probe, fetch and run."""
+
+    hardware_file: Path | None = None
+    gpu: str | None = None
+    vram: str | None = None
+    gpu_count: int = 1
+    ram: str | None = None
+    disk: str | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.gpu or self.vram or self.ram or self.disk)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    catalog: Catalog
+    hardware: hw.Hardware
+
+    def plan(self, degrade: Mapping[str, int] | None = None) -> Plan:
+        """Plan against what is on the volume now (one stat per file, no hashing)."""
+        present = volume.present(self.settings.models_dir, self.catalog.files.values())
+        return make_plan(self.settings, self.catalog, self.hardware, present, degrade)
+
+
+def load_context(environ: Mapping[str, str] | None = None, options: HardwareOptions = HardwareOptions(),
+                 nvml: object = None) -> Context:
+    """Parse the environment and catalogue (reporting every problem together), then probe or simulate hardware."""
+    environ = os.environ if environ is None else environ
+    catalog_error: ConfigError | None = None
+    catalog = None
+    try:
+        catalog = load_catalog(catalog_paths(environ))
+    except ConfigError as exc:
+        catalog_error = exc
+    try:
+        settings = load_settings(environ, catalog)
+    except ConfigError as exc:
+        problems = exc.problems + (catalog_error.problems if catalog_error else [])
+        raise ConfigError(problems, title="configuration error") from None
+    if catalog_error:
+        raise catalog_error
+    assert catalog is not None
+    for secret in settings.secrets():
+        logs.register_secret(secret)
+    hardware = resolve_hardware(settings, options, environ, nvml)
+    return Context(settings=settings, catalog=catalog, hardware=hardware)
+
+
+def resolve_hardware(settings: Settings, options: HardwareOptions, environ: Mapping[str, str],
+                     nvml: object = None) -> hw.Hardware:
+    if options.hardware_file:
+        base = hw.load(options.hardware_file)
+    elif options.gpu or options.vram:
+        # Simulating a GPU: do not touch NVML at all, only this machine's RAM and disk.
+        ram_total, ram_available, ram_source = hw.probe_ram()
+        disk_path, disk_free = hw.probe_disk(settings.models_dir)
+        base = hw.Hardware(gpus=(), ram_total=ram_total, ram_available=ram_available, disk_free=disk_free,
+                           disk_path=str(disk_path), ram_source=ram_source, source="simulated")
+    else:
+        base = hw.probe(settings.models_dir, environ, nvml=nvml)
+    if options.simulated:
+        return hw.simulate(base, gpu=options.gpu, vram=options.vram, count=options.gpu_count, ram=options.ram,
+                           disk=options.disk)
+    return base

@@ -1,0 +1,111 @@
+"""Structured logging, configured once: JSON lines for machines, a readable console for people.
+
+Every event passes through `redact`, which removes the value of every registered secret (HF_TOKEN, API keys,
+passwords) and anything shaped like a Hugging Face token or a bearer header, wherever it appears in the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "***"
+# Secrets shorter than this are not searched for: replacing every "abc" in the logs would hide more than it protects.
+MIN_SECRET_LENGTH = 4
+_TOKEN_SHAPES = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{8,})")
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Make `value` disappear from every later log event."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Return `text` without any registered secret or token-shaped string."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _TOKEN_SHAPES.sub(REDACTED, text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub_value(v) for v in value)
+    if isinstance(value, BaseException):
+        return scrub(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: remove secrets from every value of the event."""
+    return {key: _scrub_value(value) for key, value in event_dict.items()}
+
+
+class _StdlibBridge(logging.Handler):
+    """Routes warnings of libraries that use `logging` (huggingface_hub, httpx) through structlog and redaction."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not kill the daemon
+            message = str(record.msg)
+        log = structlog.get_logger("lib").bind(source=record.name)
+        getattr(log, record.levelname.lower(), log.warning)(message)
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog for the whole process. `fmt` is auto, json or console."""
+    stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=_isatty(stream), pad_event=30)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    if use_json:
+        processors.append(structlog.processors.format_exc_info)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)] + [_StdlibBridge()]
+    root.setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "supervisor", **bind: Any) -> Any:
+    return structlog.get_logger(name).bind(**bind)
+
+
+def _level_number(level: str) -> int:
+    return getattr(logging, level.upper(), logging.INFO)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
