@@ -13,7 +13,7 @@ from .catalog import Catalog, load_catalog
 from .errors import ConfigError
 from .plan import Plan
 from .planner import make_plan
-from .settings import Settings, catalog_paths, load_settings
+from .settings import Settings, catalog_paths, declared_variables, load_settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
                  nvml: object = None) -> Context:
     """Parse the environment and catalogue (reporting every problem together), then probe or simulate hardware."""
     environ = os.environ if environ is None else environ
+    # Before anything can fail and echo a value: a secret pasted into the wrong variable must not be printed.
+    for variable in declared_variables():
+        if variable["secret"]:
+            logs.register_secret(environ.get(variable["env"]))
     catalog_error: ConfigError | None = None
     catalog = None
     try:
