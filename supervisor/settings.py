@@ -305,7 +305,8 @@ class Settings:
         group="workflow")
     steadydancer_end_cfg: float = var(
         "STEADYDANCER_END_CFG", "0.4", _float(0, 1),
-        "Original end_cond_cfg; mapped to the pose embeds' `end_percent`.", group="workflow")
+        "Original end_cond_cfg (end of its condition-guidance window); no input in ComfyUI-WanVideoWrapper "
+        "(warned, no effect).", group="workflow")
     steadydancer_seed: int = var(
         "STEADYDANCER_SEED", "106060", _int(0, 2**64 - 1), "Sampler seed of both presets.", group="workflow")
     steadydancer_steps: int = var(
@@ -319,17 +320,19 @@ class Settings:
         "TURBO_CONDITION_GUIDE", "1.0", _float(0, 100),
         "Template knob with no input in ComfyUI-WanVideoWrapper (warned, no effect).", group="workflow")
     turbo_end_cfg: float = var(
-        "TURBO_END_CFG", "0.4", _float(0, 1), "Template knob; mapped to the `fast` pose embeds' `end_percent`.",
-        group="workflow")
+        "TURBO_END_CFG", "0.4", _float(0, 1),
+        "Template knob with no input in ComfyUI-WanVideoWrapper (warned, no effect).", group="workflow")
     dwpose_detect_hand: bool = var(
         "DWPOSE_DETECT_HAND", "true", parse_bool, "Draw hand keypoints in the pose video.", group="workflow")
     dwpose_detect_body: bool = var(
         "DWPOSE_DETECT_BODY", "true", parse_bool, "Draw body keypoints in the pose video.", group="workflow")
     dwpose_detect_face: bool = var(
         "DWPOSE_DETECT_FACE", "true", parse_bool,
-        "Draw face keypoints (SteadyDancer was not trained with them; kijai issue #1684).", group="workflow")
+        "Draw head keypoints (DrawViTPose `draw_head`; SteadyDancer was not trained with face points, kijai #1684).",
+        group="workflow")
     dwpose_resolution: int = var(
-        "DWPOSE_RESOLUTION", "512", _int(64, 4096), "Pose-extraction resolution (shorter side).",
+        "DWPOSE_RESOLUTION", "512", _int(64, 4096),
+        "Template's DWPose resolution; the YOLO + ViTPose path has no such input (warned, no effect).",
         group="workflow")
     check_workflows: bool = var(
         "CHECK_WORKFLOWS", "true", parse_bool,
