@@ -1,0 +1,232 @@
+"""Supervisor speed and footprint, with the stand-in ComfyUI (tests/standins/comfyui.py) as a real child.
+
+Figures, each printed with its goal and the ratio measured / goal (below 1 is better than the goal):
+
+* ready latency: from the stand-in's socket being bound (it records time.time() right after bind) to the
+  `supervise.ready` event. Goal 100 ms. Also shown without the ready log line (`--dont-print-server`), where only
+  the startup poll (every 50 ms) notices.
+* restart latency: from a crash (the stand-in records time.time() just before os._exit) to the next ComfyUI being
+  spawned (`comfyui.spawned`), with RESTART_BACKOFF_INITIAL=0 so the figure is the supervisor's own reaction
+  (the backoff is a policy added on top). Goal 200 ms.
+* shutdown: SIGTERM to the supervisor; a well-behaved child exits on it (the stand-in records its exit time);
+  figure = supervisor exit - child exit. Goal 100 ms.
+* RSS of the supervisor once ready (fetch and workflow modules loaded). Goal 60 MB.
+* CPU of the supervisor while idle and ready, over --idle-seconds (default 60). Goal 0.5 %.
+
+    python bench/supervise.py [--rounds 5] [--idle-seconds 60] [--pid1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.standins.comfyui import write_main  # noqa: E402
+
+GOALS = {"ready_ms": 100.0, "restart_ms": 200.0, "shutdown_ms": 100.0, "rss_mb": 60.0, "idle_cpu_pct": 0.5}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class Supervisor:
+    def __init__(self, root: Path, pid1: bool, **env: str):
+        comfy = root / "comfyui"
+        if not (comfy / "main.py").exists():
+            write_main(comfy)
+        self.record = root / f"standin-{time.monotonic_ns()}.jsonl"
+        self.env = {"PATH": os.environ["PATH"], "HOME": str(root), "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+                    "COMFYUI_DIR": str(comfy), "COMFYUI_PYTHON": sys.executable,
+                    "COMFYUI_DATA_DIR": str(root / "data"), "MODELS_DIR": str(root / "models"),
+                    "LOG_DIR": str(root / "logs"), "COMFYUI_PORT": str(free_port()), "COMFYUI_LISTEN": "127.0.0.1",
+                    "STATUS_ADDR": f"127.0.0.1:{free_port()}", "STANDIN_RECORD": str(self.record), **env}
+        argv = [sys.executable, "-m", "supervisor", "run"]
+        if pid1:
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.pid1 = pid1
+        self.events: list[dict] = []
+        self.cond = threading.Condition()
+        self.exited_at: float | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                with self.cond:
+                    self.events.append(json.loads(line))
+                    self.cond.notify_all()
+
+    def _wait(self) -> None:
+        self.proc.wait()
+        self.exited_at = time.time()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        if not self.pid1:
+            return self.proc.pid
+        for _ in range(500):
+            children = psutil.Process(self.proc.pid).children()
+            if children:
+                return children[0].pid
+            time.sleep(0.01)
+        raise RuntimeError("no namespace init")
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [e for e in self.events if e.get("event") == name]
+                if len(found) >= count:
+                    return found[count - 1]
+                if time.monotonic() > deadline or self.exited_at is not None:
+                    raise RuntimeError(f"no {name} x{count}; last: {[e.get('event') for e in self.events[-10:]]}")
+                self.cond.wait(0.1)
+
+    def records(self, event: str) -> list[dict]:
+        if not self.record.exists():
+            return []
+        return [r for r in map(json.loads, self.record.read_text().splitlines()) if r["event"] == event]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def ready_latency(root: Path, rounds: int, pid1: bool, extra: dict[str, str]) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        sup = Supervisor(root, pid1, **extra)
+        try:
+            ready = sup.wait_for("supervise.ready")
+            (listening,) = sup.records("listening")
+            samples.append((ts(ready["timestamp"]) - listening["t"]) * 1000)
+        finally:
+            sup.stop()
+    return samples
+
+
+def restart_latency(root: Path, crashes: int, pid1: bool) -> list[float]:
+    sup = Supervisor(root, pid1, STANDIN_MODE="crash_after:0.3", RESTART_BACKOFF_INITIAL="0",
+                     RESTART_MAX=str(crashes + 5), RESTART_WINDOW="3600")
+    try:
+        sup.wait_for("comfyui.spawned", count=crashes + 1, timeout=60)
+        spawned = [e for e in sup.events if e.get("event") == "comfyui.spawned"]
+        exits = {r["pid"]: r["t"] for r in sup.records("exiting")}
+        samples = []
+        for before, after in zip(spawned, spawned[1:]):
+            inner = before["pid"]
+            # In a PID namespace the stand-in's own pid (in its record) is the one the supervisor logged too.
+            if inner in exits:
+                samples.append((ts(after["timestamp"]) - exits[inner]) * 1000)
+        return samples
+    finally:
+        sup.stop()
+
+
+def shutdown_latency(root: Path, rounds: int, pid1: bool) -> tuple[list[float], list[float]]:
+    after_child, total = [], []
+    for _ in range(rounds):
+        sup = Supervisor(root, pid1, STANDIN_MODE="term_exit:0")
+        try:
+            sup.wait_for("supervise.ready")
+            sent = time.time()
+            os.kill(sup.pid, signal.SIGTERM)
+            sup.proc.wait(20)
+            while sup.exited_at is None:
+                time.sleep(0.001)
+            (child_exit,) = sup.records("exiting")
+            after_child.append((sup.exited_at - child_exit["t"]) * 1000)
+            total.append((sup.exited_at - sent) * 1000)
+        finally:
+            sup.stop()
+    return after_child, total
+
+
+def footprint(root: Path, idle_seconds: float, pid1: bool) -> tuple[float, float, float]:
+    sup = Supervisor(root, pid1)
+    try:
+        sup.wait_for("supervise.ready")
+        time.sleep(1.0)  # let the first liveness check run
+        proc = psutil.Process(sup.pid)
+        rss = proc.memory_info().rss / 1e6
+        uss = proc.memory_full_info().uss / 1e6
+        before = proc.cpu_times()
+        started = time.monotonic()
+        time.sleep(idle_seconds)
+        after = proc.cpu_times()
+        elapsed = time.monotonic() - started
+        cpu = ((after.user - before.user) + (after.system - before.system)) / elapsed * 100
+        return rss, uss, cpu
+    finally:
+        sup.stop()
+
+
+def line(name: str, value: float, goal: float, unit: str, note: str = "") -> None:
+    print(f"{name:<34} {value:9.1f} {unit:<3} goal {goal:g} {unit:<3} ratio {value / goal:5.2f}  {note}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--pid1", action="store_true", help="run the supervisor as PID 1 of a new PID namespace")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-supervise-") as tmp:
+        root = Path(tmp)
+        print(f"supervisor benchmark: {args.rounds} rounds, idle {args.idle_seconds:g} s, "
+              f"{'PID 1' if args.pid1 else 'child subreaper'}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+        ready = ready_latency(root, args.rounds, args.pid1, {})
+        line("ready after first answer (median)", statistics.median(ready), GOALS["ready_ms"], "ms",
+             f"max {max(ready):.1f} ms")
+        quiet = ready_latency(root, args.rounds, args.pid1, {"COMFYUI_ARGS": "--dont-print-server"})
+        line("  same, no ready line (median)", statistics.median(quiet), GOALS["ready_ms"], "ms",
+             f"max {max(quiet):.1f} ms (poll every 50 ms)")
+        restarts = restart_latency(root, max(args.rounds, 5), args.pid1)
+        line("crash to restart spawned (median)", statistics.median(restarts), GOALS["restart_ms"], "ms",
+             f"max {max(restarts):.1f} ms over {len(restarts)} crashes")
+        after_child, total = shutdown_latency(root, args.rounds, args.pid1)
+        line("shutdown after child exit (median)", statistics.median(after_child), GOALS["shutdown_ms"], "ms",
+             f"max {max(after_child):.1f} ms; SIGTERM to exit {statistics.median(total):.1f} ms")
+        rss, uss, cpu = footprint(root, args.idle_seconds, args.pid1)
+        line("RSS when ready", rss, GOALS["rss_mb"], "MB", f"USS {uss:.1f} MB")
+        line(f"CPU idle over {args.idle_seconds:g} s", cpu, GOALS["idle_cpu_pct"], "%",
+             "HEALTH_INTERVAL=10 (default)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
