@@ -10,7 +10,8 @@ Figures, each printed with its goal and the ratio measured / goal (below 1 is be
   (the backoff is a policy added on top). Goal 200 ms.
 * shutdown: SIGTERM to the supervisor; a well-behaved child exits on it (the stand-in records its exit time);
   figure = supervisor exit - child exit. Goal 100 ms.
-* RSS of the supervisor once ready (fetch and workflow modules loaded). Goal 60 MB.
+* RSS of the supervisor once ready (fetch and workflow modules loaded). Goal 60 MB. Also after a cold start that
+  downloads a 512 MiB file from the stand-in Hub (tests/standins/hub.py, in its own process) through 8 connections.
 * CPU of the supervisor while idle and ready, over --idle-seconds (default 60). Goal 0.5 %.
 
     python bench/supervise.py [--rounds 5] [--idle-seconds 60] [--pid1]
@@ -195,6 +196,38 @@ def footprint(root: Path, idle_seconds: float, pid1: bool) -> tuple[float, float
         sup.stop()
 
 
+def footprint_after_download(root: Path, pid1: bool, size_mib: int = 512) -> tuple[float, float]:
+    """RSS and USS once ready after downloading one file, the Hub and a one-file catalogue beside."""
+    hub_root = root / "hub"
+    (hub_root / "bench" / "weights").mkdir(parents=True, exist_ok=True)
+    blob = hub_root / "bench" / "weights" / "model.safetensors"
+    with open(blob, "wb") as handle:
+        chunk = os.urandom(1 << 20)
+        for _ in range(size_mib):
+            handle.write(chunk)
+    catalog = root / "bench-catalog.toml"
+    catalog.write_text('[files.bench_model]\nrepo = "bench/weights"\npath = "model.safetensors"\n'
+                       f'dest = "diffusion_models/bench.safetensors"\nsize = {size_mib << 20}\n\n'
+                       '[features.bench]\nswitch = "ENABLE_BENCH"\nfiles = ["bench_model"]\n')
+    hub = subprocess.Popen([sys.executable, "-m", "tests.standins.hub", "--root", str(hub_root)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        urls = json.loads(hub.stdout.readline())  # type: ignore[union-attr]
+        sup = Supervisor(root, pid1, ENABLE_STEADYDANCER="false", ENABLE_BENCH="true", HF_ENDPOINT=urls["hub"],
+                         SUPERVISOR_CATALOG=str(catalog), MODELS_DIR=str(root / f"models-{time.monotonic_ns()}"),
+                         DISK_RESERVE_GB="0")
+        try:
+            sup.wait_for("supervise.ready", timeout=120)
+            time.sleep(1.0)
+            proc = psutil.Process(sup.pid)
+            return proc.memory_info().rss / 1e6, proc.memory_full_info().uss / 1e6
+        finally:
+            sup.stop()
+    finally:
+        hub.terminate()
+        hub.wait()
+
+
 def line(name: str, value: float, goal: float, unit: str, note: str = "") -> None:
     print(f"{name:<34} {value:9.1f} {unit:<3} goal {goal:g} {unit:<3} ratio {value / goal:5.2f}  {note}")
 
@@ -223,6 +256,8 @@ def main() -> int:
              f"max {max(after_child):.1f} ms; SIGTERM to exit {statistics.median(total):.1f} ms")
         rss, uss, cpu = footprint(root, args.idle_seconds, args.pid1)
         line("RSS when ready", rss, GOALS["rss_mb"], "MB", f"USS {uss:.1f} MB")
+        rss_dl, uss_dl = footprint_after_download(root, args.pid1)
+        line("RSS when ready after 512 MiB fetch", rss_dl, GOALS["rss_mb"], "MB", f"USS {uss_dl:.1f} MB")
         line(f"CPU idle over {args.idle_seconds:g} s", cpu, GOALS["idle_cpu_pct"], "%",
              "HEALTH_INTERVAL=10 (default)")
     return 0

@@ -51,6 +51,26 @@ PR_GET_CHILD_SUBREAPER = 37
 # non-executable one into 126, the conventions of tini and shells.
 _TRAMPOLINE = 'cd -- "$1" || exit 126; shift; exec "$@"'
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas before any thread starts. Each download thread otherwise gets an arena of its own
+    that keeps its freed buffers: measured after a 768 MiB download, RSS 107 MB with the default, 62 MB with two
+    arenas. Returns False where the C library has no mallopt (musl)."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the kernel (after a download burst); a no-op without glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
 
 def signal_name(number: int | None) -> str:
     if number is None:

@@ -97,7 +97,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 
 def get_logger(name: str = "supervisor", **bind: Any) -> Any:
-    return structlog.get_logger(name).bind(**bind)
+    """A lazy logger: it reads the configuration at each call, so one made at import time follows `configure`."""
+    return structlog.get_logger(name, **bind)
 
 
 def _level_number(level: str) -> int:

@@ -349,7 +349,8 @@ class Settings:
     jupyter_port: int = var("JUPYTER_PORT", "8888", _int(1, 65535), "JupyterLab's port.", group="services")
     update_nodes_on_start: bool = var(
         "UPDATE_NODES_ON_START", "false", parse_bool,
-        "`git pull` every custom node (in the background; never blocks ComfyUI).", group="services")
+        "`git pull` every custom node while the weights download; ComfyUI waits for it at most 60 s.",
+        group="services")
     enable_r2_sync: bool = var(
         "ENABLE_R2_SYNC", "false", parse_bool,
         "Template's output upload daemon: not implemented in this image (a warning says so).", group="services")

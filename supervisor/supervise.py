@@ -38,7 +38,7 @@ from .cli import log_plan
 from .comfyui import Launch
 from .context import Context
 from .errors import Problem
-from .init import Child, Init, signal_name
+from .init import Child, Init, limit_malloc_arenas, release_free_memory, signal_name
 from .output import LineReader, LogFile
 from .plan import Plan
 from .readiness import Readiness, model_brief, plan_summary
@@ -57,6 +57,7 @@ def run(ctx: Context, args: argparse.Namespace | None = None, environ: Mapping[s
     The exit skips the interpreter's teardown (about 70 ms with these modules loaded, measured): everything that
     matters is done by then (children reaped, fetch stopped, log files closed) and the streams are flushed here,
     so `docker stop` waits for ComfyUI, not for module garbage collection."""
+    limit_malloc_arenas()
     code = Supervisor(ctx, os.environ if environ is None else environ).run()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -723,6 +724,7 @@ class Supervisor(Readiness, Shutdown):
                       message="ComfyUI keeps running; the pod is not ready until the files are in place")
         self.status.merge("fetch", state=job.state, seconds=job.seconds, failed=job.failed, message=job.message,
                           bytes_downloaded=getattr(report, "bytes_downloaded", None))
+        release_free_memory()  # the download's buffers are free now; keep PID 1 small for the pod's life
         if self.refetch and not self.stopping:
             self.start_fetch()
             return
