@@ -2,9 +2,10 @@
 
 Classes (evidence -> what the restart policy in restart.py does):
 
-    oom              "CUDA out of memory" / torch.OutOfMemoryError / "Got an OOM" in the last lines, or exit 137 /
-                     SIGKILL not sent by us (the kernel's OOM killer; the cgroup's oom_kill counter is quoted)
+    oom              "CUDA out of memory" / torch.OutOfMemoryError / "Got an OOM" in the last lines, or SIGKILL /
+                     exit 137 while the cgroup's oom_kill counter grew (the kernel's OOM killer)
                      -> restart on the next lower step of the plan
+    killed           SIGKILL / exit 137 from someone else (`kill -9`, no OOM evidence) -> restart with backoff
     bad_arguments    exit 2 (argparse), the flag quoted                          -> never restarted: exit 2
     driver           no NVIDIA driver / no CUDA GPU / driver too old or mismatched -> never restarted
     exec_failed      126/127: command not found or not executable                 -> never restarted
@@ -36,6 +37,7 @@ HANG = "hang"
 STARTUP_TIMEOUT = "startup_timeout"
 STOPPED = "stopped"
 CRASH = "crash"
+KILLED = "killed"
 SHUTDOWN = "shutdown"
 
 _CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|Got an OOM|CUDA error: out of memory|HIP out of memory",
@@ -103,9 +105,12 @@ def classify(*, code: int | None, sig: int | None, returncode: int, lines: Itera
     if oom_line:
         return info(OOM, oom_line, evidence=(oom_line,))
     if sig == signal.SIGKILL or returncode == 137:
-        evidence = (f"cgroup oom_kill counter +{oom_kills}",) if oom_kills else ()
-        return info(OOM, "killed by SIGKILL, not by the supervisor: most likely the kernel's out-of-memory killer",
-                    evidence=evidence)
+        # Only the counter tells the OOM killer from an operator's `kill -9`; a downgrade for the latter would
+        # silently make the pod slower.
+        if oom_kills:
+            return info(OOM, "killed by the kernel's out-of-memory killer (host RAM)",
+                        evidence=(f"cgroup oom_kill counter +{oom_kills}",))
+        return info(KILLED, "killed by SIGKILL from outside the supervisor, with no out-of-memory evidence")
     if code == 0 and reboot_requested:
         return info(REBOOT, "ComfyUI-Manager asked for a restart")
     if code == 2:

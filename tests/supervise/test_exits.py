@@ -25,8 +25,8 @@ def c(code=None, sig=None, lines=(), **kw):
     ([*TRACEBACK, CUDA_OOM], 1, None, exits.OOM),
     (["Got an OOM, unloading all loaded models.", "some later line"], 1, None, exits.OOM),
     (["RuntimeError: CUDA error: out of memory"], 1, None, exits.OOM),
-    ([], None, signal.SIGKILL, exits.OOM),  # the kernel's OOM killer
-    ([], 137, None, exits.OOM),  # the same through a shell launcher
+    ([], None, signal.SIGKILL, exits.KILLED),  # `kill -9` with no OOM evidence: no downgrade
+    ([], 137, None, exits.KILLED),  # the same through a shell launcher
     (["usage: main.py [-h] ...", "main.py: error: unrecognized arguments: --medvram --cpu-text-encoder"], 2, None,
      exits.BAD_ARGUMENTS),
     ([*TRACEBACK, "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and "
@@ -56,7 +56,8 @@ def test_what_the_supervisor_did_wins():
     assert c(None, signal.SIGKILL, killed_for=exits.HANG).klass == exits.HANG
     assert c(None, signal.SIGHUP, [CUDA_OOM], forwarded={signal.SIGHUP}).klass == exits.SIGNAL
     assert c(0, None, ["Restarting..."], reboot_requested=True).klass == exits.REBOOT
-    assert c(None, signal.SIGKILL, oom_kills=1).evidence == ("cgroup oom_kill counter +1",)
+    oom_killed = c(None, signal.SIGKILL, oom_kills=1)
+    assert oom_killed.klass == exits.OOM and oom_killed.evidence == ("cgroup oom_kill counter +1",)
 
 
 def test_the_message_is_the_last_meaningful_line():
