@@ -318,6 +318,9 @@ def main() -> int:
         hub.wait()
     logs = "".join(events.raw) + "".join(p.read_text(errors="replace") for p in pod.logs.glob("*.log*"))
     results["token_in_logs"] = TOKEN in logs
+    # ComfyUI's own warnings and errors (tracebacks of stand-in weights executing are expected), for the record.
+    results["comfyui_warnings"] = sorted({e["line"][:200] for e in events.named("comfyui.log")
+                                          if e.get("level") == "warning" and not e["line"].startswith(" ")})
     results["events"] = len(events.items)
     write(results, gpu_name, args.out, "".join(events.raw))
     return 0 if results["shutdown"]["exit_code"] in (0, 143) and not results["token_in_logs"] else 1
@@ -358,6 +361,7 @@ def table(results: dict[str, Any]) -> str:
         ("SIGTERM -> supervisor exit", f"{shutdown['seconds']} s, exit {shutdown['exit_code']}, grace "
                                        f"{shutdown['grace_s']} s"),
         ("HF_TOKEN in any log", str(results["token_in_logs"])),
+        ("ComfyUI warning lines (distinct)", str(len(results["comfyui_warnings"]))),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"

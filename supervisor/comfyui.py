@@ -109,6 +109,11 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     for flag, path in data_dirs(settings).items():
         if (known is None or flag in known) and not _has(user, flag):
             argv += [flag, str(path)]
+    if (known is None or "--database-url" in known) and not _has(user, "--database-url"):
+        # Its default lives in COMFYUI_DIR/user, which --user-directory moves away from: ComfyUI then logs "unable
+        # to open database file" (seen on the H100 run). Keep it beside the user data, on the volume.
+        database = Path(settings.comfyui_data_dir).absolute() / "user" / "comfyui.db"
+        argv += ["--database-url", f"sqlite:///{database}"]
     argv += user
     listen = _value(user, "--listen") or settings.comfyui_listen
     port = int(_value(user, "--port") or settings.comfyui_port)

@@ -26,7 +26,9 @@ ROTATE_BYTES = 10 * 1024 * 1024
 ROTATE_BACKUPS = 3
 PROGRESS_EVERY = 1.0
 
-_ERRORISH = re.compile(r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception)\b.*:|!!! |ERROR\b|error:)")
+_ERRORISH = re.compile(r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception)\b.*:|!!! |ERROR\b|error:)"
+                       r"|\bERROR\b|^Failed to |IMPORT FAILED")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes of node packs' loggers: noise in JSON and log files
 _log = structlog.get_logger("output")  # lazy: uses the configuration at each call
 
 
@@ -123,7 +125,7 @@ class LineReader:
             self._buffer = b""
 
     def _emit(self, raw: bytes, *, progress: bool) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip()
+        line = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip()
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE] + "…"
         if progress:
@@ -137,7 +139,7 @@ class LineReader:
         if self.log_file is not None:
             self.log_file.write(line)
         if line and self.emit:
-            if _ERRORISH.match(line.lstrip()):
+            if _ERRORISH.search(line.lstrip()):
                 self._log.warning(f"{self.source}.log", line=line)
             else:
                 self._log.info(f"{self.source}.log", line=line)

@@ -173,3 +173,21 @@ def test_main_gpu_is_the_largest_visible_one():
                    compute_capability=(8, 9))
     machine = hw.Hardware(gpus=(small, large), ram_total=1, ram_available=1, disk_free=1, disk_path="/")
     assert machine.main_gpu() is large
+
+
+def test_the_real_probe_never_loads_nvml_into_the_supervisor(tmp_path):
+    # NVML costs ~21 MB of RSS that nvmlShutdown keeps (measured on an H100 pod): the probe runs in a forked child.
+    import subprocess
+    import sys
+
+    code = ("import sys; from supervisor import hardware; h = hardware.probe(sys.argv[1]); "
+            "print('pynvml' in sys.modules, h.source, h.ram_total > 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "nvml", "True"]
+
+
+def test_isolated_probe_reports_like_the_in_process_one():
+    isolated: list[str] = []
+    direct: list[str] = []
+    assert hw.probe_gpus_isolated(isolated) == hw.probe_gpus(None, direct)
+    assert isolated == direct

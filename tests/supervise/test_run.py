@@ -37,6 +37,8 @@ def test_launch_ready_status_health_and_clean_stop(pod, supervisor):
     assert argv[:4] == ["--listen", "127.0.0.1", "--port", pod.env["COMFYUI_PORT"]]
     assert "--cpu" in argv and argv[-1] == "--disable-metadata"
     assert argv[argv.index("--user-directory") + 1] == f"{pod.env['COMFYUI_DATA_DIR']}/user"
+    # ComfyUI's default database is under COMFYUI_DIR/user, which --user-directory abandons (seen on the H100 run).
+    assert argv[argv.index("--database-url") + 1] == f"sqlite:///{pod.env['COMFYUI_DATA_DIR']}/user/comfyui.db"
     paths = yaml.safe_load(open(argv[argv.index("--extra-model-paths-config") + 1]))
     (section,) = paths.values()
     assert section["base_path"] == pod.env["MODELS_DIR"] and section["is_default"] is True

@@ -56,6 +56,26 @@ def test_lines_become_events_and_file_lines(tmp_path, events):
     reader.close()
 
 
+def test_node_pack_errors_stand_out_without_colour_codes(tmp_path, events):
+    # Lines as ComfyUI printed them on the H100 run: coloured node-pack logger output and ComfyUI's own errors.
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    reader = LineReader(r, "comfyui", log_file=LogFile(tmp_path / "c.log"))
+    os.write(w, b"[VideoHelperSuite] - \x1b[0;31mERROR\x1b[0m - No valid ffmpeg found.\n"
+                b"Failed to initialize database. Please ensure you have installed the latest requirements.\n"
+                b"Import times for custom nodes:\n")
+    reader.on_readable()
+    os.close(w)
+    reader.on_readable()
+    emitted = [(e["line"], e["level"]) for e in events() if e["event"] == "comfyui.log"]
+    assert emitted == [("[VideoHelperSuite] - ERROR - No valid ffmpeg found.", "warning"),
+                       ("Failed to initialize database. Please ensure you have installed the latest requirements.",
+                        "warning"),
+                       ("Import times for custom nodes:", "info")]
+    assert "\x1b" not in (tmp_path / "c.log").read_text()
+    reader.close()
+
+
 def test_status_endpoint_and_health_command(events):
     status = Status()
     port = free_port()
