@@ -396,6 +396,19 @@ def declared_variables() -> list[dict[str, Any]]:
     return [dict(f.metadata) | {"field": f.name} for f in fields(Settings) if f.metadata.get("env")]
 
 
+def variable_defaults(catalog: "Catalog") -> dict[str, str]:
+    """Every variable the supervisor reads -> the text of its default: the fixed ones, then each feature's switch,
+    variant and list variables. The README, `.env.example` and the compose file are checked against this."""
+    variables = {v["env"]: v["raw_default"] for v in declared_variables()}
+    for feature in catalog.features.values():
+        variables[feature.switch] = "true" if feature.default_enabled else "false"
+        if feature.variant_env:
+            variables[feature.variant_env] = feature.variant_default
+        if feature.dynamic:
+            variables[feature.dynamic.env] = ""
+    return variables
+
+
 def catalog_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
     """SUPERVISOR_CATALOG is needed before the catalogue can be loaded, so it is readable on its own."""
     return _paths(environ.get("SUPERVISOR_CATALOG", ""))

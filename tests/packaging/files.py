@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.catalog import load_catalog
-from supervisor.settings import declared_variables
+from supervisor.settings import declared_variables, variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -29,14 +29,7 @@ IMAGE_WORKFLOW = REPO / ".github" / "workflows" / "image.yml"
 
 def reference() -> dict[str, str]:
     """Every variable the supervisor reads -> its default text (settings, then catalogue switches and options)."""
-    variables = {v["env"]: v["raw_default"] for v in declared_variables()}
-    for feature in load_catalog().features.values():
-        variables[feature.switch] = "true" if feature.default_enabled else "false"
-        if feature.variant_env:
-            variables[feature.variant_env] = feature.variant_default
-        if feature.dynamic:
-            variables[feature.dynamic.env] = ""
-    return variables
+    return variable_defaults(load_catalog())
 
 
 def catalogue_variables() -> set[str]:

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from supervisor.catalog import load_catalog
-from supervisor.settings import declared_variables
+from supervisor.settings import variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (?:`([^`]*)`|\(empty\)) \|")
@@ -23,14 +23,7 @@ def readme_variables() -> dict[str, str]:
 
 
 def code_variables() -> dict[str, str]:
-    variables = {v["env"]: v["raw_default"] for v in declared_variables()}
-    for feature in load_catalog().features.values():
-        variables[feature.switch] = "true" if feature.default_enabled else "false"
-        if feature.variant_env:
-            variables[feature.variant_env] = feature.variant_default
-        if feature.dynamic:
-            variables[feature.dynamic.env] = ""
-    return variables
+    return variable_defaults(load_catalog())
 
 
 def test_configuration_reference_matches_the_code():
