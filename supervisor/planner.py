@@ -156,6 +156,11 @@ class _Sizer:
                     swapped_bytes=swapped_bytes, ram_need=ram_need, disk_need=disk_need,
                     text_encoder_device=te_device, problems=problems, warnings=warnings)
 
+    def light(self, fit: _Fit) -> bool:
+        """Swaps no more than `max_swap_fraction` of the blocks: what auto prefers, and what an explicit choice is
+        warned against exceeding."""
+        return fit.swap <= self.c.max_swap_fraction * self.rt.blocks  # type: ignore[union-attr]
+
     def pick(self, candidates: list[Variant], mode: str, prefer_light_swap: bool) -> tuple[_Fit | None, list[_Fit]]:
         """Best feasible fit (quality first, avoiding heavy swapping when asked), and every fit tried."""
         search_mode = MODEL_OFFLOAD if mode == "auto" else mode
@@ -165,7 +170,7 @@ class _Sizer:
             resident = [f for f in feasible if not f.warnings]
             return (resident or feasible or [None])[0], fits
         if prefer_light_swap:
-            light = [f for f in feasible if f.swap <= self.c.max_swap_fraction * self.rt.blocks]  # type: ignore[union-attr]
+            light = [f for f in feasible if self.light(f)]
             if light:
                 return light[0], fits
             if feasible:
@@ -327,9 +332,9 @@ def _plan_runtime(feature: Feature, choice: str | None, settings: Settings, cata
     ladder = _ladder(sizer, pick, feature, explicit)
     reason = _reason(sizer, pick, tried, mode, variable)
     warnings = [f"{feature.name}: {w}" for w in pick.warnings]
-    if variable and pick.swap > catalog.planner.max_swap_fraction * sizer.rt.blocks:  # type: ignore[union-attr]
+    if variable and not sizer.light(pick):
         lighter = next((f for f in (sizer.fit(v, MODEL_OFFLOAD) for v in feature.variants.values())
-                        if f.feasible and f.swap <= catalog.planner.max_swap_fraction * sizer.rt.blocks), None)  # type: ignore[union-attr]
+                        if f.feasible and sizer.light(f)), None)
         hint = f"; {lighter.variant.name} would swap {lighter.swap}" if lighter else ""
         warnings.append(f"{feature.name}: {variable} swaps {pick.swap} of {sizer.rt.blocks} blocks to RAM every step: "  # type: ignore[union-attr]
                         f"slow{hint}")
