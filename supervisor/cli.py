@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 from . import __version__, logs
 from .context import Context, HardwareOptions, load_context
 from .errors import ConfigError, SupervisorError
-from .plan import Plan
+from .report import log_plan, render
 
 COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
 
@@ -118,33 +118,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return exc.exit_code
 
 
-def log_plan(plan: Plan) -> None:
-    """One event per decision, so a pod's log explains itself."""
-    log = logs.get_logger("planner")
-    log.info("plan.hardware", summary=plan.hardware.summary(), vram_class=plan.vram_class, gpu_tier=plan.gpu_tier)
-    for model in plan.models:
-        knobs = None
-        if model.knobs:
-            knobs = {"blocks_to_swap": model.knobs.blocks_to_swap, "quantization": model.knobs.quantization,
-                     "base_precision": model.knobs.base_precision, "load_device": model.knobs.load_device,
-                     "text_encoder_device": model.knobs.text_encoder_device}
-        log.info("plan.decision", feature=model.feature, variant=model.variant, offload=model.offload,
-                 reason=model.reason, knobs=knobs)
-    for budget in plan.vram_budget:
-        log.info("plan.vram_budget", feature=budget.feature, total_gib=budget.total_gib,
-                 capacity_gib=budget.capacity_gib, fits=budget.fits)
-    log.info("plan.downloads", files=len(plan.downloads), missing=len(plan.missing()),
-             missing_bytes=sum(d.size for d in plan.missing()), disk_fits=plan.disk.fits)
-    log.info("plan.comfyui_args", args=list(plan.comfyui_args))
-    for warning in plan.warnings:
-        log.warning("plan.warning", message=warning)
-    for error in plan.errors:
-        log.error("plan.error", message=error)
-
-
 def _plan(ctx: Context, args: argparse.Namespace) -> int:
-    from .report import render
-
     plan = ctx.plan()
     log_plan(plan)
     if args.json:

@@ -1,7 +1,9 @@
-"""Plan -> text a person reads in a terminal or a pod log. No secrets ever reach a Plan, so none can show here."""
+"""Plan -> text a person reads in a terminal, and -> log events a pod log keeps. No secrets ever reach a Plan, so
+none can show here."""
 
 from __future__ import annotations
 
+from . import logs
 from .hardware import GIB
 from .plan import Plan
 
@@ -69,3 +71,27 @@ def render(plan: Plan, command: tuple[str, ...] = ()) -> str:
         out.append("ERRORS (the plan cannot run)")
         out += [f"  - {e}" for e in plan.errors]
     return "\n".join(out) + "\n"
+
+
+def log_plan(plan: Plan) -> None:
+    """One event per decision, so a pod's log explains itself."""
+    log = logs.get_logger("planner")
+    log.info("plan.hardware", summary=plan.hardware.summary(), vram_class=plan.vram_class, gpu_tier=plan.gpu_tier)
+    for model in plan.models:
+        knobs = None
+        if model.knobs:
+            knobs = {"blocks_to_swap": model.knobs.blocks_to_swap, "quantization": model.knobs.quantization,
+                     "base_precision": model.knobs.base_precision, "load_device": model.knobs.load_device,
+                     "text_encoder_device": model.knobs.text_encoder_device}
+        log.info("plan.decision", feature=model.feature, variant=model.variant, offload=model.offload,
+                 reason=model.reason, knobs=knobs)
+    for budget in plan.vram_budget:
+        log.info("plan.vram_budget", feature=budget.feature, total_gib=budget.total_gib,
+                 capacity_gib=budget.capacity_gib, fits=budget.fits)
+    log.info("plan.downloads", files=len(plan.downloads), missing=len(plan.missing()),
+             missing_bytes=sum(d.size for d in plan.missing()), disk_fits=plan.disk.fits)
+    log.info("plan.comfyui_args", args=list(plan.comfyui_args))
+    for warning in plan.warnings:
+        log.warning("plan.warning", message=warning)
+    for error in plan.errors:
+        log.error("plan.error", message=error)

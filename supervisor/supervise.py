@@ -34,7 +34,6 @@ from typing import Any, Callable, Mapping
 import structlog
 
 from . import comfyui, exits, services, workers
-from .cli import log_plan
 from .comfyui import Launch
 from .context import Context
 from .errors import Problem
@@ -42,6 +41,7 @@ from .init import Child, Init, limit_malloc_arenas, release_free_memory, signal_
 from .output import LineReader, LogFile
 from .plan import Plan
 from .readiness import Readiness, model_brief, plan_summary
+from .report import log_plan
 from .restart import RestartPolicy
 from .shutdown import STOP_SIGNALS, Shutdown
 from .status import Status, start_server
