@@ -136,7 +136,7 @@ class Feature:
         by_lower = {name.lower(): name for name in self.variants}
         if lowered in by_lower:
             return by_lower[lowered]
-        if lowered in (f.lower() for f in self.families()) and len(self._family(lowered)) > 0:
+        if lowered in (f.lower() for f in self.families()):
             return lowered
         accepted = (["auto"] if self.auto else []) + self._accepted_names()
         raise ValueError(f"expected one of: {', '.join(accepted)}")
