@@ -519,7 +519,12 @@ class Supervisor(Readiness, Shutdown):
 
     def start_services(self) -> None:
         env = comfyui.child_env(self.settings, self.environ, self.ctx.catalog)
-        for make in (services.sshd, services.jupyter):
+        makers = (services.sshd, services.jupyter)
+        if self.settings.serverless:
+            log.info("services.serverless", message="SERVERLESS=true: the RunPod worker takes jobs once the pod is "
+                     "ready; sshd and JupyterLab are not started")
+            makers = (services.serverless_worker,)
+        for make in makers:
             try:
                 service = make(self.settings, self.environ, env)
             except OSError as exc:
