@@ -153,7 +153,7 @@ async def fetch(file: jobs.InputFile) -> bytes:
     which may hold a signature."""
     assert file.url is not None
     parts = urllib.parse.urlsplit(file.url)
-    shown = urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
     chunks, size = [], 0
     try:
         async with httpx.AsyncClient(follow_redirects=True, timeout=httpx.Timeout(60, connect=10)) as http:
