@@ -58,10 +58,10 @@ def test_a_job_on_the_sdks_local_api_runs_through_supervisor_run(pod, supervisor
     # Progress updates went through the SDK to RunPod's (stand-in) job-output URL, marked IN_PROGRESS.
     posts = progress_sink.wait(lambda ps: any(p["data"].get("output", {}).get("stage") == "collecting_outputs"
                                               for p in ps))
-    mine = [p for p in posts if p["job"] == job["id"]]
-    assert all(p["data"]["status"] == "IN_PROGRESS" and p["path"].startswith(f"/output/{job['id']}?gpu=test")
-               for p in mine)
-    assert [p["data"]["output"]["stage"] for p in mine][0] == "uploading_inputs"
+    mine = [p for p in posts if p["path"].startswith(f"/output/{job['id']}?gpu=test")]
+    assert mine and all(p["data"]["status"] == "IN_PROGRESS" for p in mine)
+    # Each update is sent from its own thread by the SDK, so their order on the wire is not guaranteed.
+    assert {"uploading_inputs", "submitted", "collecting_outputs"} <= {p["data"]["output"]["stage"] for p in mine}
     # No sshd on a serverless worker, even with PUBLIC_KEY set.
     assert run.named("services.started", service="sshd") == []
     assert run.named("services.started", service="worker")
