@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print what would be downloaded and launched, and why; starts nothing")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--reset-oom", action="store_true",
+                      help="forget the out-of-memory step downs remembered from earlier runs, then plan")
     _hardware_options(plan)
 
     probe = sub.add_parser("probe", help="print the hardware as JSON (GPUs from NVML, RAM, free disk)")
@@ -118,6 +120,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> int:
+    if args.reset_oom:
+        from .plan import memory
+
+        file = memory.path(ctx.settings)
+        forgotten = memory.forget(file)
+        logs.get_logger().info("plan.reset_oom", file=str(file), forgotten=forgotten)
     plan = ctx.plan()
     log_plan(plan)
     if args.json:

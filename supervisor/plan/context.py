@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 from . import hardware as hw
 from .. import logs
-from . import volume
+from . import memory, volume
 from .catalog import Catalog, load_catalog
 from ..errors import ConfigError
 from .types import Plan
@@ -40,9 +40,26 @@ class Context:
     hardware: hw.Hardware
 
     def plan(self, degrade: Mapping[str, int] | None = None) -> Plan:
-        """Plan against what is on the volume now (one stat per file, no hashing)."""
-        present = volume.present(self.settings.models_dir, self.catalog.files.values())
-        return make_plan(self.settings, self.catalog, self.hardware, present, degrade)
+        """Plan against what is on the volume now (one stat per file, no hashing). Without `degrade`, the plan a
+        start begins with (see `starting`)."""
+        if degrade is None:
+            return self.starting()[0]
+        return make_plan(self.settings, self.catalog, self.hardware, self._present(), degrade)
+
+    def starting(self) -> tuple[Plan, str]:
+        """The plan a start begins with, and its memory key: a step down remembered from an earlier run applies
+        while the plan's inputs are the same (memory.py)."""
+        present = self._present()
+        base = make_plan(self.settings, self.catalog, self.hardware, present)
+        key, file = memory.key(base), memory.path(self.settings)
+        entry = memory.load(file, key)
+        if entry is None:
+            return base, key
+        plan = make_plan(self.settings, self.catalog, self.hardware, present, entry["degrade"])
+        return replace(plan, remembered={**entry, "file": str(file)}), key
+
+    def _present(self) -> frozenset[str]:
+        return volume.present(self.settings.models_dir, self.catalog.files.values())
 
 
 def load_context(environ: Mapping[str, str] | None = None, options: HardwareOptions = HardwareOptions(),

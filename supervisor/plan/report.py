@@ -45,6 +45,8 @@ def render(plan: Plan, command: tuple[str, ...] = ()) -> str:
         if model.ladder:
             steps = " -> ".join(f"{s.variant}/{s.offload}/{s.blocks_to_swap}" for s in model.ladder)
             out.append(f"  {model.feature} after out of memory: {steps}")
+    if plan.remembered:
+        out.append(f"  {remembered_text(plan)}")
     for budget in plan.vram_budget:
         out.append("")
         out.append(f"VRAM budget: {budget.feature} (GiB)")
@@ -91,7 +93,17 @@ def log_plan(plan: Plan) -> None:
     log.info("plan.downloads", files=len(plan.downloads), missing=len(plan.missing()),
              missing_bytes=sum(d.size for d in plan.missing()), disk_fits=plan.disk.fits)
     log.info("plan.comfyui_args", args=list(plan.comfyui_args))
+    if plan.remembered:
+        log.warning("plan.remembered_step_down", degrade=dict(plan.degrade), why=plan.remembered.get("why"),
+                    at=plan.remembered.get("at"), message=remembered_text(plan))
     for warning in plan.warnings:
         log.warning("plan.warning", message=warning)
     for error in plan.errors:
         log.error("plan.error", message=error)
+
+
+def remembered_text(plan: Plan) -> str:
+    r = plan.remembered
+    steps = ", ".join(f"{feature} {n} step{'s' if n != 1 else ''} down" for feature, n in plan.degrade.items())
+    return (f"remembered from an earlier run ({r.get('at')}): {steps} after out of memory ({r.get('why')}); "
+            f"to start from the top of the ladder again: `supervisor plan --reset-oom` (or delete {r.get('file')})")

@@ -250,6 +250,18 @@ class Settings:
     oom_downgrade: bool = var(
         "OOM_DOWNGRADE", "true", parse_bool,
         "After an out-of-memory exit, restart with the next lower step of the plan.", group="supervise")
+    oom_step_down: str = var(
+        "OOM_STEP_DOWN", "idle", _choice("idle", "next-start", "off"),
+        "After `OOM_STEP_DOWN_AFTER` out-of-memory errors inside prompts on one rung: `idle` restarts ComfyUI on the "
+        "next rung of the plan's ladder once no prompt is queued; `next-start` only remembers the rung for the next "
+        "start; `off` counts and reports them.", group="supervise")
+    oom_step_down_after: int = var(
+        "OOM_STEP_DOWN_AFTER", "2", _int(1),
+        "In-prompt out-of-memory errors on the current rung before `OOM_STEP_DOWN` acts.", group="supervise")
+    oom_retry_prompt: bool = var(
+        "OOM_RETRY_PROMPT", "false", parse_bool,
+        "After an `idle` step-down, submit the prompt that ran out of memory once more on the new rung.",
+        group="supervise")
     shutdown_grace: float = var(
         "SHUTDOWN_GRACE", "8", _float(0),
         "Seconds between SIGTERM to ComfyUI and SIGKILL (fits `docker stop`'s 10 s).", group="supervise")

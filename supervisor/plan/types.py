@@ -136,6 +136,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     degrade: Mapping[str, int] = field(default_factory=dict)
+    remembered: Mapping[str, Any] = field(default_factory=dict)  # a step down remembered from an earlier run
 
     @property
     def runnable(self) -> bool:

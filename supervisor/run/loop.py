@@ -264,7 +264,7 @@ class Supervisor:
         self.status.set(phase=self.phase(ready), ready=ready, not_ready=reasons,
                         live=all(unit.live() for unit in self.units), comfyui=first.describe(ready),
                         plan=plan_summary(first.plan), restarts=self.units.restart_summary(first),
-                        services=self.sidecars.describe(),
+                        services=self.sidecars.describe(), oom=first.oom_status(),
                         supervisor={"pid": os.getpid(), "pid1": init.pid1, "subreaper": init.subreaper,
                                     "orphans_reaped": init.orphans_reaped, "gave_up": self.gave_up,
                                     "restarts": self.restarts()})
@@ -285,7 +285,7 @@ class Supervisor:
         log.info("supervise.ready", generation=proc.generation, pid=proc.child.pid, restarts=self.restarts(),
                  url=proc.launch.url, phases=phases)
         self.status.set(phases=phases)
-        self.units.start_prewarm(unit.plan)
+        self.units.on_ready(unit)
 
     # ===========================================================================================================
     # Giving up
