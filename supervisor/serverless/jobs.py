@@ -152,7 +152,7 @@ def _parse_workflow(raw: dict[str, Any], problems: list[str]) -> Job:
 
 
 def _check_workflow(workflow: Any, problems: list[str]) -> None:
-    from ..workflow_ui import is_ui_format
+    from ..workflows.ui import is_ui_format
 
     if is_ui_format(workflow):
         problems.append("workflow is in the browser (UI) format; export it with Workflow > Export (API)")

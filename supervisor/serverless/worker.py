@@ -21,7 +21,7 @@ import structlog
 
 from .. import logs
 from ..errors import ConfigError, Problem
-from ..settings import Settings, declared_variables, load_settings
+from ..plan.settings import Settings, declared_variables, load_settings
 from .handler import Worker
 from .pod import Pod, status_url
 
@@ -61,13 +61,13 @@ def make_store(settings: Settings) -> Any:
 
 
 def resolved_dir(settings: Settings):
-    from ..workflows import user_dir
+    from ..workflows.resolve import user_dir
 
     return user_dir(settings) / "workflows_api"
 
 
 def comfy_url(settings: Settings) -> str:
-    from ..comfyui import probe_url
+    from ..run.launch import probe_url
 
     return probe_url(settings.comfyui_listen, settings.comfyui_port, settings.comfyui_args)
 

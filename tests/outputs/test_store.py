@@ -138,7 +138,7 @@ def test_a_missing_file_is_an_upload_error(s3, tmp_path):
 
 
 def test_config_from_settings_is_off_without_a_bucket():
-    from supervisor.settings import load_settings
+    from supervisor.plan import load_settings
 
     assert StoreConfig.from_settings(load_settings({})) is None
     settings = load_settings({"R2_BUCKET": "b", "R2_ENDPOINT": "https://acc.r2.cloudflarestorage.com",

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from supervisor.cli import build_parser
-from supervisor.context import HardwareOptions, load_context
-from supervisor.hardware import parse_size
-from supervisor.settings import load_settings
-from supervisor.status import Status, StatusServer
+from supervisor.plan import HardwareOptions, load_context
+from supervisor.plan.hardware import parse_size
+from supervisor.plan import load_settings
+from supervisor.run.status import Status, StatusServer
 
 from .files import reference
 
@@ -151,7 +151,7 @@ def test_the_prefetch_job_fetches_the_pods_plan_onto_the_same_volume():
     assert "nvidia.com/gpu" not in job["resources"].get("limits", {})
     # It plans for the pods' hardware: their memory limit, and a GPU the planner knows.
     assert parse_size(args.ram) == parse_size(deployment["resources"]["limits"]["memory"].replace("Gi", "GiB"))
-    ctx = load_context(env(), HardwareOptions(gpu=args.gpu, ram=args.ram))
+    ctx = load_context(env(), HardwareOptions(gpu=args.gpu, ram=args.ram, disk="1TiB"))  # the PVC, not this disk
     plan = ctx.plan()
     assert plan.runnable and plan.model("steadydancer").knobs is not None
 

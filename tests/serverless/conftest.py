@@ -1,6 +1,6 @@
 """Fixtures of the serverless tests: a stand-in ComfyUI process, the supervisor's real status endpoint, an HTTP
 sink standing in for RunPod's job-output URL (progress updates), and the `supervisor run` fixtures of
-tests/supervise for the end-to-end tests."""
+tests/run for the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from supervisor.status import Status, StatusServer
+from supervisor.run.status import Status, StatusServer
 from tests.standins.comfyui_files import png
-from tests.supervise.conftest import REPO, free_port, pod, supervisor  # noqa: F401 - fixtures used here
+from tests.run.conftest import REPO, free_port, pod, supervisor  # noqa: F401 - fixtures used here
 
 PNG = png("an input image")
 MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64

@@ -14,9 +14,9 @@ import httpx
 import psutil
 import pytest
 
-from supervisor.context import HardwareOptions, load_context
+from supervisor.plan import HardwareOptions, load_context
 from tests.serverless.conftest import MP4, PNG
-from tests.supervise.conftest import REPO, free_port, present_plan_files
+from tests.run.conftest import REPO, free_port, present_plan_files
 
 pytestmark = pytest.mark.timeout(120)
 ECHO = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
@@ -119,8 +119,9 @@ def test_a_steadydancer_preset_job_runs_the_workflow_resolved_for_this_pods_plan
     # browser copies are built from), and the plan for an H100 finds its files on the volume: the supervisor
     # resolves the workflows as on a real pod. `validate` makes it check the input files exist (were uploaded).
     api = serverless(pod, STANDIN_OBJECT_INFO=str(REPO / "workflows" / "node_defs.json"))
-    present_plan_files(pod, "--gpu", "h100")
-    run = supervisor(pod, "--gpu", "h100")
+    hardware = ("--gpu", "h100", "--ram", "128GiB", "--disk", "500GiB")  # the same plan whatever this machine has
+    present_plan_files(pod, *hardware)
+    run = supervisor(pod, *hardware)
     worker_line(run, "Uvicorn running on")
     job = post(f"{api}/runsync", {"input": {
         "preset": "fast", "reference_image": base64.b64encode(PNG).decode(),
@@ -144,7 +145,7 @@ def test_a_steadydancer_preset_job_runs_the_workflow_resolved_for_this_pods_plan
                if prompt[n]["inputs"][k] != v}
     assert changed == {("Encode prompt", "positive_prompt"), ("Sampler", "seed"), ("Driving video", "frame_load_cap"),
                        ("Reference image", "image"), ("Driving video", "video")}
-    plan = load_context(pod.env, HardwareOptions(gpu="h100")).plan()
+    plan = load_context(pod.env, HardwareOptions(gpu="h100", ram="128GiB", disk="500GiB")).plan()
     assert nodes["Load SteadyDancer model"]["model"] == plan.model("steadydancer").knobs.files["model"]
     uploaded = pod.root / "data" / "input" / nodes["Reference image"]["image"]
     assert uploaded.read_bytes() == PNG
