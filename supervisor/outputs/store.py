@@ -116,7 +116,8 @@ class Store:
                 on_retry(state.attempt_number, state.outcome.exception())
 
         retrying = Retrying(stop=stop_after_attempt(self.attempts),
-                            wait=wait_exponential(multiplier=self.wait_initial, max=self.wait_max) + wait_random(0, self.wait_initial),
+                            wait=wait_exponential(multiplier=self.wait_initial, max=self.wait_max)
+                            + wait_random(0, self.wait_initial),
                             retry=retry_if_exception(is_transient), before_sleep=before_sleep, reraise=True)
         try:
             retrying(attempt)

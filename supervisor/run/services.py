@@ -1,7 +1,8 @@
 """Side services of the template: sshd (PUBLIC_KEY), JupyterLab (JUPYTER_PASSWORD), custom-node update
-(UPDATE_NODES_ON_START), and on a serverless worker (SERVERLESS=true) the RunPod handler instead of sshd/Jupyter. They are children of the supervisor like ComfyUI: own session, output logged as events
-(source sshd / jupyter / git) and to LOG_DIR/<name>.log, restarted with backoff when they die, stopped with
-ComfyUI. None of them can stop ComfyUI from starting: a missing program is a warning, a crash a restart.
+(UPDATE_NODES_ON_START), and on a serverless worker (SERVERLESS=true) the RunPod handler instead of sshd/Jupyter.
+They are children of the supervisor like ComfyUI: own session, output logged as events (source sshd / jupyter /
+git / worker) and to LOG_DIR/<name>.log, restarted with backoff when they die, stopped with ComfyUI. None of them
+can stop ComfyUI from starting: a missing program is a warning, a crash a restart.
 
 Secrets: JupyterLab gets its token through the JUPYTER_TOKEN environment variable (read by jupyter_server),
 never on its command line; side services get the same environment as ComfyUI otherwise (credentials removed

@@ -66,9 +66,8 @@ class Comfy:
         """Wait for the prompt to end; returns its /history entry, or raises JobError with ComfyUI's message."""
         last: tuple[Any, ...] | None = None
         while True:
-            entry = await self._history(prompt_id)
-            if entry and (entry.get("status") or {}).get("completed") is not None \
-                    and (entry.get("status") or {}).get("status_str") in ("success", "error"):
+            entry = await self._history(prompt_id)  # ComfyUI writes it once the prompt has ended
+            if (entry.get("status") or {}).get("status_str") in ("success", "error"):
                 failure = failure_message(entry)
                 if failure is not None:
                     raise failure

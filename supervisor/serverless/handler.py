@@ -128,13 +128,12 @@ class Worker:
                 uploaded = await asyncio.to_thread(self.store.upload, path, key)
                 entry.update(type="s3_url", data=uploaded.url, key=key)
             else:
-                data = base64.b64encode(path.read_bytes()).decode("ascii")
-                inline += len(data)
+                inline += (entry["size"] + 2) // 3 * 4  # its base64 length, known before reading the file
                 if inline > MAX_INLINE_BYTES:
                     raise JobError(f"the outputs are more than {MAX_INLINE_BYTES // 1_000_000} MB as base64, over "
                                    "RunPod's result limit: set R2_BUCKET (and R2_ENDPOINT, R2_ACCESS_KEY_ID, "
                                    "R2_SECRET_ACCESS_KEY) to get them as URLs instead")
-                entry.update(type="base64", data=data)
+                entry.update(type="base64", data=base64.b64encode(path.read_bytes()).decode("ascii"))
             results.append(entry)
         return results
 

@@ -158,7 +158,7 @@ def _check_workflow(workflow: Any, problems: list[str]) -> None:
         problems.append("workflow is in the browser (UI) format; export it with Workflow > Export (API)")
         return
     if not isinstance(workflow, dict) or not workflow:
-        problems.append("workflow must be a non-empty object of nodes ({\"1\": {\"class_type\": ..., \"inputs\": ...}})")
+        problems.append('workflow must be a non-empty object of nodes ({"1": {"class_type": ..., "inputs": ...}})')
         return
     for node_id, node in workflow.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
@@ -225,7 +225,8 @@ def _parse_preset(raw: dict[str, Any], problems: list[str]) -> Job:
     accepted = {"preset", *VARIABLES, *FILE_VARIABLES}
     unknown = sorted(set(raw) - accepted)
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)}; a preset takes {', '.join(sorted(accepted - {'preset'}))}")
+        takes = ", ".join(sorted(accepted - {"preset"}))
+        problems.append(f"unknown key(s) {', '.join(unknown)}; a preset takes {takes}")
     variables: dict[str, Any] = {}
     for key, variable in VARIABLES.items():
         if key in raw:
@@ -300,14 +301,14 @@ def preset_prompt(job: Job, resolved: Mapping[str, Any], names: Mapping[str, str
 
     prompt = copy.deepcopy(dict(resolved))
     titles = {(node.get("_meta") or {}).get("title"): node_id for node_id, node in prompt.items()}
-    settings: list[tuple[str, str, str, Any]] = [
+    assignments: list[tuple[str, str, str, Any]] = [
         (key, VARIABLES[key].title, VARIABLES[key].input, value) for key, value in job.variables.items()]
     for key, (title, input_name, _) in FILE_VARIABLES.items():
         if key in names:
-            settings.append((key, title, input_name, names[key]))
+            assignments.append((key, title, input_name, names[key]))
         elif title in titles:
             raise JobError(f"{key} is required by preset {job.preset} (its node '{title}' reads it)")
-    for key, title, input_name, value in settings:
+    for key, title, input_name, value in assignments:
         node_id = titles.get(title)
         if node_id is None:
             raise JobError(f"{key} does not apply to preset {job.preset} (it has no node '{title}')")

@@ -57,7 +57,7 @@ class Pod:
                 if time.monotonic() - told >= every:
                     told = time.monotonic()
                     on_wait(reasons)
-                time.sleep(self.poll)
+                time.sleep(max(self.poll, 1.0))  # a fetch can take half an hour: no need to ask faster
 
     # -- per job ------------------------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import signal
-import time
 
 import httpx
 import psutil
