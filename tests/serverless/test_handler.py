@@ -48,8 +48,8 @@ def test_a_job_uploads_its_image_runs_and_returns_the_output_inline(standin_comf
     assert base64.b64decode(image["data"]) == PNG  # the uploaded file went through LoadImage -> SaveImage
     assert (comfy.input_dir / "mine.png").read_bytes() == PNG
     stages = [r["stage"] for r in reports]
+    # (queued/running show only if a poll sees them: the cancel tests wait for those)
     assert stages[0] == "uploading_inputs" and "submitted" in stages and stages[-1] == "collecting_outputs"
-    assert any(s in ("queued", "running", "finishing") for s in stages)
 
 
 def test_comfyuis_node_errors_are_the_job_error(standin_comfy, status_endpoint, tmp_path):
