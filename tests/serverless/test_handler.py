@@ -153,10 +153,16 @@ def test_a_job_waits_until_the_pod_is_ready_again(standin_comfy, status_endpoint
     status, url = status_endpoint
     set_ready(status, comfy.url, ready=False, reasons=["ComfyUI is restarting"])
     reports: list = []
-    threading.Timer(0.5, lambda: set_ready(status, comfy.url)).start()
-    result = run(worker(url, tmp_path, ready_timeout=30), {"workflow": EMPTY}, reports=reports)
+
+    def report(payload: dict) -> None:
+        reports.append(payload)
+        if payload["stage"] == "waiting_for_pod":  # the job saw the pod unready: now it comes back
+            threading.Timer(0.3, lambda: set_ready(status, comfy.url)).start()
+
+    result = asyncio.run(worker(url, tmp_path, ready_timeout=30).run("job-w", {"workflow": EMPTY}, report))
     assert "error" not in result
     assert reports[0] == {"stage": "waiting_for_pod", "not_ready": ["ComfyUI is restarting"]}
+    assert comfy.records("prompt_done")[0]["ok"] is True
 
 
 def test_a_pod_that_stays_unready_fails_the_job_with_the_reasons(status_endpoint, tmp_path):
