@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 from . import __version__, logs
 from .plan import Context, HardwareOptions, load_context, log_plan, render
+from .plan.report import render_instances
 from .errors import ConfigError, SupervisorError
 
 COMMANDS = ("run", "plan", "probe", "fetch", "check", "health", "worker")
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 if the supervisor reports ready, 1 otherwise (HEALTHCHECK)")
     health.add_argument("--addr", metavar="HOST:PORT", help="status endpoint (default STATUS_ADDR)")
     health.add_argument("--live", action="store_true", help="check liveness (/healthz) instead of readiness")
+    health.add_argument("--instance", metavar="NAME",
+                        help="with COMFYUI_PER_GPU: the readiness of one ComfyUI (comfyui-1, or 1)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
 
     sub.add_parser("worker", help="the RunPod Serverless handler (SERVERLESS=true: `run` starts it); other "
@@ -133,10 +136,16 @@ def _plan(ctx: Context, args: argparse.Namespace) -> int:
         file = memory.path(ctx.settings)
         forgotten = memory.forget(file)
         logs.get_logger().info("plan.reset_oom", file=str(file), forgotten=forgotten)
-    plan = ctx.plan()
-    log_plan(plan)
+    plans = ctx.all_plans()
+    for plan in plans:
+        log_plan(plan)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        data = plans[0].to_dict()
+        if len(plans) > 1:
+            data["instances"] = [{**i.to_dict(), "plan": p.to_dict()} for i, p in zip(ctx.instances, plans)]
+        print(json.dumps(data, indent=1, default=str))
+    elif len(plans) > 1:
+        print(render_instances(list(ctx.instances), plans), end="")
     else:
-        print(render(plan), end="")
-    return 0 if plan.runnable else 3
+        print(render(plans[0]), end="")
+    return 0 if all(plan.runnable for plan in plans) else 3

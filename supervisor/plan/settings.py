@@ -140,6 +140,19 @@ def _url(text: str) -> str:
     return text
 
 
+def _ports(text: str) -> tuple[int, ...]:
+    ports = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise ValueError(f"{part!r} is not a port: expected a comma list of ports from 1 to 65535")
+        if int(part) in ports:
+            raise ValueError(f"port {part} is listed twice: each ComfyUI needs its own")
+        ports.append(int(part))
+    return tuple(ports)
+
+
 def _paths(text: str) -> tuple[Path, ...]:
     parts = [p.strip() for p in text.replace(",", os.pathsep).split(os.pathsep)]
     return tuple(Path(p).expanduser() for p in parts if p)
@@ -155,7 +168,7 @@ def var(name: str, default: str, parser: Callable[[str], Any], doc: str, *, grou
     return field(default=parser(default) if default != "" or parser in _EMPTY_OK else None, metadata=meta)
 
 
-_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _optional_address}
+_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports, _optional_address}
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,14 @@ class Settings:
 
     # ComfyUI launch
     comfyui_port: int = var("COMFYUI_PORT", "8188", _int(1, 65535), "ComfyUI's HTTP port.", group="comfyui")
+    comfyui_per_gpu: bool = var(
+        "COMFYUI_PER_GPU", "false", parse_bool,
+        "One ComfyUI per visible GPU, each with its own plan, port, log and restarts; off: one ComfyUI on the "
+        "largest GPU.", group="comfyui")
+    comfyui_ports: tuple[int, ...] = var(
+        "COMFYUI_PORTS", "", _ports,
+        "With `COMFYUI_PER_GPU`: the instances' ports in GPU order (comma list); empty = `COMFYUI_PORT`, then "
+        "`COMFYUI_PORT`+100, +200, ..., skipping the status and JupyterLab ports.", group="comfyui")
     comfyui_listen: str = var(
         "COMFYUI_LISTEN", "0.0.0.0", _text, "Address ComfyUI listens on (`--listen`).", group="comfyui")
     comfyui_args: tuple[str, ...] = var(
@@ -277,6 +298,10 @@ class Settings:
         "PREWARM", "false", parse_bool,
         "After ready, read the plan's weights once so the first prompt loads from the page cache.",
         group="supervise")
+    ready_when: str = var(
+        "READY_WHEN", "all", _choice("all", "any"),
+        "With several ComfyUI instances (`COMFYUI_PER_GPU`): the pod is ready when `all` are ready, or when `any` "
+        "is.", group="supervise")
     status_addr: tuple[str, int] = var(
         "STATUS_ADDR", "127.0.0.1:8189", _address,
         "HOST:PORT of the supervisor's `/healthz`, `/readyz` and `/status` endpoint.", group="supervise")
@@ -489,6 +514,9 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
         problems += feature_problems
     if problems:
         raise ConfigError(problems, title="invalid environment")
+    settings_problems = _port_problems(values)
+    if settings_problems:
+        raise ConfigError(settings_problems, title="invalid environment")
     if values.get("enable_r2_sync"):
         warnings.append("ENABLE_R2_SYNC=true: output upload is not implemented in this image; outputs stay on the volume")
     if values.get("serverless"):
@@ -498,6 +526,28 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
             warnings.append(f"SERVERLESS=true: {' and '.join(off)} ignored; a serverless worker runs no sshd or "
                             "JupyterLab (jobs come through the RunPod queue)")
     return Settings(**values, features=features, warnings=tuple(warnings))
+
+
+def _port_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """Ports two services of the pod would both bind: found here, before anything is launched."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+
+    def get(name: str) -> Any:
+        return values.get(name, defaults[name])
+
+    taken = {get("status_addr")[1]: "STATUS_ADDR", get("jupyter_port"): "JUPYTER_PORT"}
+    if get("serverless_api_addr") is not None:
+        taken[get("serverless_api_addr")[1]] = "SERVERLESS_API_ADDR"
+    problems = []
+    comfy = [("COMFYUI_PORTS", port) for port in get("comfyui_ports")] or [("COMFYUI_PORT", get("comfyui_port"))]
+    for name, port in comfy:
+        if port in taken:
+            problems.append(Problem(name, f"port {port} is also {taken[port]}'s port",
+                                    f"give ComfyUI another port, or move {taken[port]}"))
+    if get("comfyui_per_gpu") and any(a == "--port" or a.startswith("--port=") for a in get("comfyui_args")):
+        problems.append(Problem("COMFYUI_ARGS", "--port would put every ComfyUI of COMFYUI_PER_GPU on one port",
+                                "remove --port; set COMFYUI_PORT (the first instance) or COMFYUI_PORTS (all)"))
+    return problems
 
 
 def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dict[str, FeatureSelection], list[Problem], list[str]]:

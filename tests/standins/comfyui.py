@@ -32,6 +32,7 @@ Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT afte
 
 Environment:
   STANDIN_MODE         comma list of modes, applied at every start
+  STANDIN_MODE_<DEV>   more modes for the one started with CUDA_VISIBLE_DEVICES=DEV ("-" written "_")
   STANDIN_MODE_FILE    file with one line of modes per start (line i for the i-th start, the last line repeats;
                        the start count is kept in FILE.count); combined with STANDIN_MODE
   STANDIN_RECORD       JSON-lines file: one "start" record (pid, pgid, sid, ppid, argv, cwd, environment names,
@@ -202,6 +203,9 @@ class Modes:
 
 def read_modes() -> Modes:
     spec = os.environ.get("STANDIN_MODE", "")
+    device = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device:  # one ComfyUI per GPU: STANDIN_MODE_<device> applies to the one started on that device only
+        spec += "," + os.environ.get(f"STANDIN_MODE_{device.replace('-', '_')}", "")
     mode_file = os.environ.get("STANDIN_MODE_FILE")
     if mode_file:
         counter = Path(mode_file + ".count")
@@ -590,8 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = read_modes()
     log = Log(args.log_stdout)
     record("start", argv=sys.argv, cwd=os.getcwd(), pgid=os.getpgrp(), sid=os.getsid(0), ppid=os.getppid(),
-           env=sorted(os.environ), env_values={k: os.environ[k] for k in ("__COMFY_CLI_SESSION__", "JUPYTER_TOKEN",
-                                                                           "PYTHONUNBUFFERED") if k in os.environ},
+           env=sorted(os.environ), env_values={k: os.environ[k] for k in (
+               "__COMFY_CLI_SESSION__", "JUPYTER_TOKEN", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED") if k in os.environ},
            modes=sorted(modes.values), **proc_status())
 
     if "ignore_sigterm" in modes:
