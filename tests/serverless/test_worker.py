@@ -6,6 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from supervisor.errors import ConfigError
 from supervisor.plan import load_settings
 from supervisor.serverless.worker import problems, sdk_argv
 from tests.run.conftest import REPO
@@ -45,3 +48,11 @@ def test_supervisor_worker_without_a_job_source_exits_2_and_says_why():
                          text=True, timeout=60)
     assert out.returncode == 2
     assert "the serverless worker cannot start" in out.stderr and "SERVERLESS_API_ADDR=127.0.0.1:8000" in out.stderr
+
+
+def test_the_local_api_address_is_checked_with_the_other_settings():
+    with pytest.raises(ConfigError, match="COMFYUI_PORT: port 8188 is also SERVERLESS_API_ADDR's port"):
+        load_settings({"SERVERLESS_API_ADDR": "0.0.0.0:8188"})
+    with pytest.raises(ConfigError, match="SERVERLESS_API_ADDR: 'localhost' is not valid: expected HOST:PORT"):
+        load_settings({"SERVERLESS_API_ADDR": "localhost"})
+    assert load_settings({"SERVERLESS_API_ADDR": ""}).serverless_api_addr is None
