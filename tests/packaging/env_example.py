@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-from supervisor.catalog import load_catalog
-from supervisor.settings import declared_variables
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.settings import declared_variables
 
 from .files import dockerfile, effective_env
 
@@ -22,6 +22,7 @@ GROUP_TITLES = {
     "fetch": "Downloads",
     "workflow": "Workflow values (the shipped SteadyDancer workflows)",
     "services": "Side services",
+    "serverless": "RunPod Serverless worker",
     "logging": "Logging",
 }
 # What the image changes, said next to the variable (the value shown is the image's, from the Dockerfile).
