@@ -64,6 +64,10 @@ HOST_RAM = "128GiB"  # the README tier table's assumption
 HOST_DISK = "2TB"
 
 
+def _event(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("timestamp", "level")}
+
+
 def gpus() -> dict[str, dict[str, Any]]:
     with open(REPO / "config" / "gpus.toml", "rb") as f:
         return tomllib.load(f)["gpus"]
@@ -257,7 +261,8 @@ class Bench:
         record: dict[str, Any] = {
             "card": card["name"], "gpu_key": key, "nvml_total": card["total"], "nvml_reserved": card["reserved"],
             "variant": model["variant"], "offload": model["offload"], "blocks_to_swap": knobs.get("blocks_to_swap"),
-            "text_encoder_device": knobs.get("text_encoder_device"), "comfyui_args": planned["plan"]["comfyui_args"],
+            "text_encoder_device": knobs.get("text_encoder_device"), "load_device": knobs.get("load_device"),
+            "comfyui_args": planned["plan"]["comfyui_args"],
             "predicted_peak_bytes": planned["predicted_peak_bytes"],
             "budget_total_bytes": planned["budget_total_bytes"], "headroom_bytes": planned["headroom_bytes"],
             "budget_lines": planned["budget"]["lines"], "cap_bytes": cap_bytes, "reserve_vram_gib": round(reserve_gib, 3),
@@ -276,6 +281,11 @@ class Bench:
             extra.append(f"--reserve-vram {reserve_gib:.3f}")
             env["BENCH_MEMCAP_BYTES"] = str(cap_bytes)
         env["COMFYUI_ARGS"] = " ".join(extra)
+        # Measure the plan as planned: no step down, and no rung remembered from an earlier run of this class.
+        (self.data / ".supervisor" / "oom-steps.json").unlink(missing_ok=True)
+        env["OOM_STEP_DOWN"] = "off"
+        if self.args.oom_demo:
+            env.update(OOM_STEP_DOWN="idle", OOM_STEP_DOWN_AFTER="1", OOM_RETRY_PROMPT="true")
         argv = [sys.executable, "-m", "supervisor", "run", *self.hardware(key)]
         if not self.args.no_pid1:
             argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
@@ -305,6 +315,8 @@ class Bench:
         finally:
             self._stop(proc)
             self.raw_logs.append(f"===== {key}\n" + "".join(events.raw))
+        record["wrapper_sampling_gib"] = gpu_measure.wrapper_sampling_memory(
+            e.get("line", "") for e in events.named("comfyui.log"))
         self._summarise(record)
         return record
 
@@ -360,9 +372,9 @@ class Bench:
               "out of memory" in str(result.error.get("exception_message", "")).lower()
         videos = gpu_measure.video_files(result)
         video_bytes = None
-        for item in videos:
+        for item in videos:  # the workflow's own video (SteadyDancer/fast_00001.mp4), not the pose preview
             path = self.data / "output" / item.get("subfolder", "") / item["filename"]
-            if path.exists() and item.get("type") == "output":
+            if path.exists() and item["filename"].startswith(name.removeprefix("steadydancer_")):
                 video_bytes = path.stat().st_size
         out = {"workflow": name, "steps": steps or "preset", "status": result.status, "completed":
                result.status == "success", "oom": oom, "error": result.error or None,
@@ -377,25 +389,31 @@ class Bench:
         return out
 
     def _follow_step_down(self, base: str, events: Events, record: dict[str, Any], status_port: int) -> dict:
-        """After an in-prompt OOM: wait for the supervisor to come back ready on a lower rung, re-post the
-        (re-resolved) fast workflow, and record where it ran and whether it completed."""
+        """After an in-prompt OOM (the supervisor runs with OOM_STEP_DOWN=idle, OOM_STEP_DOWN_AFTER=1 and
+        OOM_RETRY_PROMPT=true here): the supervisor's `comfyui.prompt_oom`, its `supervise.downgrade` to the next rung,
+        ComfyUI ready again, and the retried prompt's outcome (`comfyui.prompt_retried`)."""
         first = record["prompts"][-1]
         out: dict[str, Any] = {"first_oom": first["oom"], "first_status": first["status"]}
         if not first["oom"]:
             return out
-        readies = len(events.named("supervise.ready"))
         try:
-            events.wait("supervise.ready", count=readies + 1, timeout=self.args.ready_timeout)
+            out["prompt_oom"] = _event(events.wait("comfyui.prompt_oom", timeout=60))
+            out["downgrade"] = _event(events.wait("supervise.downgrade", timeout=120))
+            ready = events.wait("supervise.ready", count=2, timeout=self.args.ready_timeout)
+            out["ready_again_s"] = round(ready["_t"] - events.named("supervise.downgrade")[0]["_t"], 2)
+            if self.sampler:
+                self.sampler.watch({self._comfy_pid_any()})
+                self.sampler.window()
+            retried = events.wait("comfyui.prompt_retried", timeout=self.args.prompt_timeout)
+            out["retried"] = _event(retried)
+            if self.sampler:
+                out["retry_peak"] = {k: v for k, v in self.sampler.peak().items() if k != "timeline"}
         except TimeoutError as exc:
-            out["step_down"] = f"none seen: {exc}"
-            return out
+            out["missing"] = str(exc)
         status = gpu_measure.http("GET", f"http://127.0.0.1:{status_port}/status")[1]
-        out["plan_after"] = status.get("plan") if isinstance(status, dict) else None
-        out["step_down_events"] = [e.get("event") for e in events.items if "oom" in str(e.get("event", "")).lower()
-                                   or "degrade" in str(e.get("event", "")).lower()]
-        if self.sampler:
-            self.sampler.watch({self._comfy_pid_any()})
-        out["retry"] = self._prompt(base, "steadydancer_fast", self.args.steps)
+        if isinstance(status, dict):
+            out["status_oom"] = status.get("oom")
+            out["plan_after"] = status.get("plan")
         return out
 
     def _comfy_pid_any(self) -> int:
@@ -429,6 +447,8 @@ class Bench:
         record["measured_peak_bytes"] = process_peak + record["nvml_reserved"] if process_peak else None
         if record["measured_peak_bytes"]:
             record["predicted_over_measured"] = round(record["predicted_peak_bytes"] / record["measured_peak_bytes"], 3)
+            # The cap limits PyTorch's allocator only: a peak above the card's NVML total would not have fitted it.
+            record["fits_card"] = record["measured_peak_bytes"] <= record["nvml_total"]
         for k in ("completed", "oom", "s_per_step", "load_s", "vae_decode_s", "prompt_s", "video_bytes",
                   "torch_max_reserved", "steps", "text_encode_s", "pose_s"):
             record[k] = fast.get(k)
@@ -538,6 +558,7 @@ def main() -> int:
     args.classes = [c for c in args.classes.split(",") if c]
     args.video_classes = [c for c in args.video_classes.split(",") if c]
     args.workflows = [w for w in args.workflows.split(",") if w]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the running class's supervisor is stopped
     unknown = [c for c in args.classes if c not in gpus()]
     if unknown:
         parser.error(f"unknown GPU keys {unknown}; see config/gpus.toml")

@@ -166,7 +166,10 @@ def timings(result: PromptResult, prompt: dict[str, Any]) -> dict[str, Any]:
         cls = prompt.get(node, {}).get("class_type", node)
         by_class[cls] = round(by_class.get(cls, 0.0) + seconds, 3)
     sampler = next((n for n, v in prompt.items() if v.get("class_type") == "WanVideoSampler"), None)
-    steps = [e for e in events if e["event"] == "progress" and str(e.get("node")) == str(sampler)]
+    total = prompt[sampler]["inputs"].get("steps") if sampler else None
+    # The sampler's per-step progress (max = its steps); other progress bars of the node are left out.
+    steps = [e for e in events if e["event"] == "progress" and str(e.get("node")) == str(sampler)
+             and e.get("max") == total]
     # The last progress event of each value (a node may re-send a value).
     per_value: dict[int, float] = {}
     for e in steps:
@@ -213,3 +216,16 @@ def video_files(result: PromptResult) -> list[dict[str, Any]]:
             if str(item.get("filename", "")).endswith((".mp4", ".webm", ".mkv", ".gif")):
                 files.append(item)
     return files
+
+
+def wrapper_sampling_memory(lines) -> list[dict[str, float]]:
+    """ComfyUI-WanVideoWrapper's own report after each sampling run ("[Sampling] Max allocated memory:
+    max_memory=34.055 GB" and "... max_reserved=39.438 GB", in GiB): PyTorch's peaks during sampling. The bench
+    hook's per-node peaks cannot show them, since the wrapper resets PyTorch's peak statistics itself."""
+    runs: list[dict[str, float]] = []
+    for line in lines:
+        if "[Sampling] Max allocated memory" in line and "max_memory=" in line:
+            runs.append({"max_allocated": float(line.split("max_memory=")[1].split()[0])})
+        elif "[Sampling] Max reserved memory" in line and "max_reserved=" in line and runs:
+            runs[-1]["max_reserved"] = float(line.split("max_reserved=")[1].split()[0])
+    return runs

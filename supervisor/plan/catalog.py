@@ -78,8 +78,12 @@ class Runtime:
 
     blocks: int = 40
     nonblock_fraction: float = 0.02  # embeddings and head, never swapped
-    activation_gib: float = 3.0  # sampling working set at the reference resolution
-    decode_gib: float = 2.5  # VAE decode working set (tiled decode needs less)
+    activation_gib: float = 3.0  # sampling working set at the reference resolution (a variant may override it)
+    decode_gib: float = 2.5  # VAE decode working set, untiled
+    decode_tiled_gib: float = 2.0  # VAE decode working set, tiled
+    merged_load_factor: float = 1.0  # GPU memory of loading (main_device) with the LoRA merged, in DiT sizes
+    text_encoder_overhead_gib: float = 0.0  # on top of the text encoder's file while it encodes on the GPU
+    pose_gib: float = 0.0  # pose models on onnxruntime's CUDA provider
     lora_file: str | None = None  # an unmerged LoRA that stays beside the model
 
 
@@ -92,6 +96,7 @@ class Variant:
     precision: str = "bf16"  # WanVideoModelLoader.base_precision
     quantization: str = "disabled"  # WanVideoModelLoader.quantization
     description: str = ""
+    activation_gib: float | None = None  # sampling working set, if not the runtime's
 
 
 @dataclass(frozen=True)
@@ -430,7 +435,7 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
         variants[vname] = Variant(
             name=vname, family=ventry.get("family", str, vname.split(":")[0]), files=vfiles, dit=dit,
             precision=ventry.get("precision", str, "bf16"), quantization=ventry.get("quantization", str, "disabled"),
-            description=ventry.get("description", str, ""))
+            description=ventry.get("description", str, ""), activation_gib=ventry.get("activation_gib", float))
         ventry.finish()
     runtime = None
     if "runtime" in entry.data:

@@ -6,7 +6,9 @@
    `--reserve-vram` (set by the bench in COMFYUI_ARGS).
 2. Records what the executor reports (node start, sampler progress, success or error) with timestamps and, at each
    node boundary, PyTorch's peak reserved/allocated bytes since the previous boundary (then resets the peak), so
-   each node's own peak is known.
+   each node's own peak is known -- except for nodes that reset PyTorch's peak statistics themselves
+   (ComfyUI-WanVideoWrapper's sampler and VAE do: their own "[Sampling] Max ... memory" lines report it; NVML's
+   per-process figure, sampled by the bench, is the measurement that counts).
 3. Serves them: GET /bench/state (cap, totals, peaks, events), POST /bench/reset (clear events and peaks).
 It adds no node types.
 """
