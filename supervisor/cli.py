@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import __version__, logs
-from .context import Context, HardwareOptions, load_context
+from .plan import Context, HardwareOptions, load_context, log_plan, render
+from .plan.report import render_instances
 from .errors import ConfigError, SupervisorError
-from .report import log_plan, render
 
 COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
 
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print what would be downloaded and launched, and why; starts nothing")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--reset-oom", action="store_true",
+                      help="forget the out-of-memory step downs remembered from earlier runs, then plan")
     _hardware_options(plan)
 
     probe = sub.add_parser("probe", help="print the hardware as JSON (GPUs from NVML, RAM, free disk)")
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 if the supervisor reports ready, 1 otherwise (HEALTHCHECK)")
     health.add_argument("--addr", metavar="HOST:PORT", help="status endpoint (default STATUS_ADDR)")
     health.add_argument("--live", action="store_true", help="check liveness (/healthz) instead of readiness")
+    health.add_argument("--instance", metavar="NAME",
+                        help="with COMFYUI_PER_GPU: the readiness of one ComfyUI (comfyui-1, or 1)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     return parser
 
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log = logs.get_logger()
     try:
         if command == "health":
-            from .health import command as health_command
+            from .run.health import command as health_command
             return health_command(args, environ)
         ctx = load_context(environ, _options(args))
         logs.configure(ctx.settings.log_level, ctx.settings.log_format, stream=stream)
@@ -106,7 +110,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command == "check":
             from .workflows import check_command
             return check_command(ctx, args)
-        from .supervise import run as run_supervisor
+        from .run import run as run_supervisor
         return run_supervisor(ctx, args)
     except ConfigError as exc:
         log.error("config.error", problems=[str(p) for p in exc.problems])
@@ -119,10 +123,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> int:
-    plan = ctx.plan()
-    log_plan(plan)
+    if args.reset_oom:
+        from .plan import memory
+
+        file = memory.path(ctx.settings)
+        forgotten = memory.forget(file)
+        logs.get_logger().info("plan.reset_oom", file=str(file), forgotten=forgotten)
+    plans = ctx.all_plans()
+    for plan in plans:
+        log_plan(plan)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        data = plans[0].to_dict()
+        if len(plans) > 1:
+            data["instances"] = [{**i.to_dict(), "plan": p.to_dict()} for i, p in zip(ctx.instances, plans)]
+        print(json.dumps(data, indent=1, default=str))
+    elif len(plans) > 1:
+        print(render_instances(list(ctx.instances), plans), end="")
     else:
-        print(render(plan), end="")
-    return 0 if plan.runnable else 3
+        print(render(plans[0]), end="")
+    return 0 if all(plan.runnable for plan in plans) else 3
