@@ -200,6 +200,17 @@ def contents(host: Host, image: str) -> dict:
     return found
 
 
+def carry_over(results: dict, host: Host) -> None:
+    """--reuse: the build and rebuild figures of the run that built this very image (same id), if recorded."""
+    previous = RESULTS / f"image-{results['date']}.json"
+    image_id = json.loads(host.podman("image", "inspect", IMAGE).stdout)[0]["Id"]
+    results["image_id"] = image_id
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("image_id") == image_id:
+            results.update({k: old[k] for k in ("build", "rebuild", "sources") if k in old})
+
+
 def instruction(created_by: str) -> str:
     """A history entry's command without the build arguments podman puts in front (`|7 A=b ... /bin/bash -c`)."""
     _, marker, script = created_by.partition(" -c ")
@@ -257,6 +268,9 @@ def session(host: Host, args: argparse.Namespace, results: dict) -> int:
         log("building docker/Dockerfile (cold: 10-20 minutes)")
         results["build"] = build(host, REPO, IMAGE, sources, log_dir / "build.log")
     results["size"] = sizes(host, IMAGE)
+    results["image_id"] = json.loads(host.podman("image", "inspect", IMAGE).stdout)[0]["Id"]
+    if "build" not in results:
+        carry_over(results, host)
     measured = contents(host, IMAGE)
     results["site_packages"] = {"nvidia": measured["nvidia"], "largest": measured["package"]}
     results["apt_largest"] = measured["apt"]

@@ -72,6 +72,7 @@ class Host:
             log("installing mmdebstrap (apt)")
             sh("apt-get", "update", "-qq")
             sh("apt-get", "install", "-y", "-qq", "mmdebstrap", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        self.state.mkdir(parents=True, exist_ok=True)
         part = self.root.with_name("trixie.part")
         shutil.rmtree(part, ignore_errors=True)
         log(f"installing podman 5 from Debian 13 into {self.root}")

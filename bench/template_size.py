@@ -25,31 +25,34 @@ import sys
 import urllib.request
 from pathlib import Path
 
-PYPI = "https://pypi.org/pypi/{name}/{version}/json"
+SIMPLE = "https://pypi.org/simple/{name}/"  # PyPI's simple API, JSON form (PEP 691; sizes: PEP 700)
 SAME_LIBRARIES = ["cudnn", "cublas", "nccl", "cusolver", "cusparse", "cufft", "cuda_nvrtc", "curand", "nvjitlink"]
 
 
-def wheel_bytes(name: str, version: str) -> int:
-    """Download size of the Linux x86_64 wheel (CPython 3.11 or pure Python) of name==version on PyPI."""
-    with urllib.request.urlopen(PYPI.format(name=name, version=version), timeout=60) as response:
-        files = json.load(response)["urls"]
+def wheel(name: str, version: str) -> dict:
+    """The Linux x86_64 wheel (CPython 3.11 or pure Python) of name==version on PyPI: its simple-API record."""
+    request = urllib.request.Request(SIMPLE.format(name=name), headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    prefix = f"{name.replace('-', '_')}-{version}-"
     for file in files:
-        tags = file["filename"]
-        if file["packagetype"] == "bdist_wheel" and ("cp311" in tags or "py3-none" in tags) and \
-                ("x86_64" in tags or tags.endswith("none-any.whl")):
-            return file["size"]
+        filename = file["filename"]
+        if filename.lower().startswith(prefix.lower()) and filename.endswith(".whl") and \
+                ("cp311" in filename or "py3-none" in filename) and ("x86_64" in filename or "none-any" in filename):
+            return file
     raise LookupError(f"no Linux x86_64 wheel for {name}=={version}")
 
 
 def torch_251_stack() -> dict[str, int]:
-    """torch 2.5.1 and its pinned Linux dependencies (the nvidia-*-cu12 wheels and triton), by download size."""
-    with urllib.request.urlopen(PYPI.format(name="torch", version="2.5.1"), timeout=60) as response:
-        requires = json.load(response)["info"]["requires_dist"]
-    sizes = {"torch==2.5.1": wheel_bytes("torch", "2.5.1")}
-    for requirement in requires:
-        match = re.match(r"([A-Za-z0-9_.-]+)==([^;\s]+)\s*;.*platform_system == \"Linux\"", requirement)
-        if match and "extra" not in requirement:
-            sizes[f"{match[1]}=={match[2]}"] = wheel_bytes(match[1], match[2])
+    """torch 2.5.1 and its pinned Linux x86_64 dependencies (the nvidia-*-cu12 wheels and triton), by download
+    size; the dependencies come from the wheel's own metadata (PEP 658)."""
+    torch = wheel("torch", "2.5.1")
+    with urllib.request.urlopen(torch["url"] + ".metadata", timeout=60) as response:
+        metadata = response.read().decode()
+    sizes = {"torch==2.5.1": torch["size"]}
+    for match in re.finditer(r"^Requires-Dist: ([A-Za-z0-9_.-]+) \(==([^)]+)\) ; platform_system == \"Linux\"",
+                             metadata, re.M):
+        sizes[f"{match[1]}=={match[2]}"] = wheel(match[1], match[2])["size"]
     return sizes
 
 
