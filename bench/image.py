@@ -218,14 +218,17 @@ def instruction(created_by: str) -> str:
 
 
 def clean(host: Host) -> None:
-    for container in ("comfyui-image-check",):
-        host.podman("rm", "-f", container, check=False)
+    host.podman("rm", "-a", "-f", check=False)
+    # A build's working containers, left by an interrupted build (this storage is ours alone).
+    subprocess.run(host.pivoted("buildah", "rm", "--all"), env=host.env, capture_output=True)
     for image in (IMAGE, IMAGE + "-rebuild", "localhost/comfyui-pod-supervisor:latest"):
         host.podman("rmi", "-f", image, check=False)
     for _ in range(20):  # the build's intermediate layers, one generation per pass; the base stays
         if not host.podman("image", "prune", "-f", check=False).stdout.strip():
             break
     shutil.rmtree(host.root / "srv" / "sources", ignore_errors=True)
+    for scratch in [*(host.root / "var/tmp").glob("buildah*"), *(host.root / "var/tmp").glob("container_images_*")]:
+        shutil.rmtree(scratch, ignore_errors=True)  # an interrupted build's temporary files
 
 
 def main() -> int:
@@ -254,7 +257,7 @@ def main() -> int:
             return 0
         return session(host, args, results)
     finally:
-        host.stop_service()
+        host.unmount()  # also stops the service; nothing of the host stays mounted inside STATE
 
 
 def session(host: Host, args: argparse.Namespace, results: dict) -> int:
