@@ -498,9 +498,6 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
     if feature.workflow and (not feature.workflow.endswith(".json") or ".." in feature.workflow
                              or feature.workflow.startswith("/")):
         problems.append(Problem(where, f"workflow {feature.workflow!r} must be a .json path under workflows/"))
-    if not feature.refused and not feature.workflow and not feature.workflow_note:
-        problems.append(Problem(where, "has no 'workflow' (its minimal API workflow) and no 'workflow_note' saying why",
-                                "add one, or refuse the feature with 'refused'"))
     if feature.min_tier and feature.min_tier not in ("consumer", "prosumer", "datacenter"):
         problems.append(Problem(where, f"min_tier {feature.min_tier!r} is not consumer/prosumer/datacenter"))
     return feature
