@@ -35,14 +35,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor import hardware as hw  # noqa: E402
-from supervisor.catalog import load_catalog  # noqa: E402
-from supervisor.comfyui import model_folders  # noqa: E402
-from supervisor.feature_workflows import load_template, resolve  # noqa: E402
-from supervisor.plan import SKIPPED  # noqa: E402
-from supervisor.planner import make_plan  # noqa: E402
-from supervisor.settings import load_settings  # noqa: E402
-from supervisor.workflows import DEFAULT_INPUTS, resolve_shipped, workflows_dir  # noqa: E402
+from supervisor.plan import hardware as hw  # noqa: E402
+from supervisor.plan.catalog import load_catalog  # noqa: E402
+from supervisor.plan.planner import make_plan  # noqa: E402
+from supervisor.plan.settings import load_settings  # noqa: E402
+from supervisor.plan.types import SKIPPED  # noqa: E402
+from supervisor.run.launch import model_folders  # noqa: E402
+from supervisor.workflows import resolve_shipped, workflows_dir  # noqa: E402
+from supervisor.workflows.features import load_template, resolve  # noqa: E402
+from supervisor.workflows.resolve import DEFAULT_INPUTS  # noqa: E402
 
 START_DEADLINE_S = 300.0
 

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import __version__, logs
-from .context import Context, HardwareOptions, load_context
+from .plan import Context, HardwareOptions, load_context, log_plan, render
 from .errors import ConfigError, SupervisorError
-from .report import log_plan, render
 
 COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
 
@@ -42,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print what would be downloaded and launched, and why; starts nothing")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--reset-oom", action="store_true",
+                      help="forget the out-of-memory step downs remembered from earlier runs, then plan")
     _hardware_options(plan)
 
     probe = sub.add_parser("probe", help="print the hardware as JSON (GPUs from NVML, RAM, free disk)")
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log = logs.get_logger()
     try:
         if command == "health":
-            from .health import command as health_command
+            from .run.health import command as health_command
             return health_command(args, environ)
         ctx = load_context(environ, _options(args))
         logs.configure(ctx.settings.log_level, ctx.settings.log_format, stream=stream)
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command == "check":
             from .workflows import check_command
             return check_command(ctx, args)
-        from .supervise import run as run_supervisor
+        from .run import run as run_supervisor
         return run_supervisor(ctx, args)
     except ConfigError as exc:
         log.error("config.error", problems=[str(p) for p in exc.problems])
@@ -119,6 +120,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> int:
+    if args.reset_oom:
+        from .plan import memory
+
+        file = memory.path(ctx.settings)
+        forgotten = memory.forget(file)
+        logs.get_logger().info("plan.reset_oom", file=str(file), forgotten=forgotten)
     plan = ctx.plan()
     log_plan(plan)
     if args.json:

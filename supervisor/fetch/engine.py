@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .. import logs, volume
+from .. import logs
+from ..plan import volume
 from ._log import log
 from ..errors import Problem
-from ..plan import Download, Plan
-from ..settings import Settings, declared_variables
+from ..plan.types import Download, Plan
+from ..plan.settings import Settings, declared_variables
 from .errors import DiskFull, FetchError, FetchFailure, Interrupted, Permanent, Transient
 from .hashing import hash_file
 from .progress import Progress

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import volume
+from ..plan import volume
 from .ranges import RangeSet
 
 PARTIAL_SUFFIX = ".partial"

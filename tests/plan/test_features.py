@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import hardware as hw
-from supervisor.catalog import load_catalog
 from supervisor.cli import main
 from supervisor.errors import ConfigError
-from supervisor.packs import load_packs
-from supervisor.plan import FULL, ON_DEMAND, SKIPPED
-from supervisor.planner import make_plan
-from supervisor.settings import load_settings
+from supervisor.plan import hardware as hw
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.packs import load_packs
+from supervisor.plan.planner import make_plan
+from supervisor.plan.settings import load_settings
+from supervisor.plan.types import FULL, ON_DEMAND, SKIPPED
 
 from .fake_nvml import DATA, FakeNvml
 

@@ -20,7 +20,10 @@ HTTP (each also under /api): GET /system_stats, /object_info[/{class}], /prompt,
 /features, /models; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt / prompt_no_outputs /
 invalid_prompt for unknown class_type; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}),
 /history ({"clear": true}), /interrupt, /free. Prompts run one at a time in a worker thread for
-STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or as a CUDA OOM error with mode prompt_oom).
+STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or, with mode prompt_oom, as the
+torch.OutOfMemoryError that ComfyUI catches, with its real log lines; the process stays up). GET /history honours
+?max_items=N. GET /manager/reboot reboots like ComfyUI-Manager (see reboot_after); POST /standin/crash (test-only)
+prints a non-OOM traceback and exits 1.
 
 Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT after start stops it gracefully
 (`Stopped server`, exit 0).
@@ -32,7 +35,7 @@ Environment:
   STANDIN_RECORD       JSON-lines file: one "start" record (pid, pgid, sid, ppid, argv, cwd, environment names,
                        SigBlk/SigIgn/SigCgt) and events: listening (t = time.time() after bind), prompt_done,
                        signal, orphan, escapee_pid, exiting (t, code)
-  STANDIN_OBJECT_INFO  JSON file served as /object_info (default tests/data/supervise/object_info.json)
+  STANDIN_OBJECT_INFO  JSON file served as /object_info (default tests/data/run/object_info.json)
   STANDIN_PROMPT_SECONDS  seconds each prompt runs (default 0.05)
 
 Modes (ARG in seconds unless said otherwise):
@@ -70,7 +73,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "supervise"
+DATA = Path(__file__).resolve().parents[1] / "data" / "run"
 VERSION = "0.3.64"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -255,6 +258,19 @@ OOM_TRACEBACK = [
     "of which 6.66 GiB is free. Including non-PyTorch memory, this process has 72.51 GiB memory in use. Of the "
     "allocated memory 72.00 GiB is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated.",
 ]
+PROMPT_OOM_TEXT = ("CUDA out of memory. Tried to allocate 11.25 GiB. GPU 0 has a total capacity of 23.53 GiB of which "
+                   "2.81 GiB is free. Including non-PyTorch memory, this process has 20.71 GiB memory in use.")
+PROMPT_OOM_TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "<comfyui>/execution.py", line 496, in execute',
+    '  File "<comfyui>/custom_nodes/ComfyUI-WanVideoWrapper/nodes_sampler.py", line 2301, in process',
+    f"torch.OutOfMemoryError: {PROMPT_OOM_TEXT}",
+]
+CRASH_TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "<comfyui>/main.py", line 380, in <module>',
+    "RuntimeError: stand-in crash on request",
+]
 DRIVER_TRACEBACK = [
     "Traceback (most recent call last):",
     '  File "<comfyui>/comfy/model_management.py", line 233, in <module>',
@@ -319,12 +335,21 @@ class State:
                           "messages": [["execution_interrupted", {"prompt_id": prompt_id, "node_id": "1",
                                                                   "node_type": "EmptyImage", "executed": []}]]}
             elif "prompt_oom" in self.modes:
-                self.log("!!! Exception during processing !!! CUDA out of memory. Tried to allocate 8.00 GiB.")
+                node_id, node = next(iter(item[2].items()))
+                # What ComfyUI 0.3.64's execution.py logs when it catches torch's error inside a prompt.
+                self.log(f"!!! Exception during processing !!! {PROMPT_OOM_TEXT}")
+                for line in PROMPT_OOM_TRACEBACK:
+                    self.log(line)
                 self.log("Got an OOM, unloading all loaded models.")
-                status = {"status_str": "error", "completed": False, "messages": [["execution_error", {
-                    "prompt_id": prompt_id, "node_id": "1", "node_type": "EmptyImage", "executed": [],
-                    "exception_message": "CUDA out of memory. Tried to allocate 8.00 GiB.\nThis error means you ran "
-                                         "out of memory on your GPU.", "exception_type": "torch.OutOfMemoryError"}]]}
+                status = {"status_str": "error", "completed": False, "messages": [
+                    ["execution_start", {"prompt_id": prompt_id}],
+                    ["execution_error", {
+                        "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"], "executed": [],
+                        "exception_message": f"{PROMPT_OOM_TEXT}\nThis error means you ran out of memory on your GPU."
+                                             "\n\nTIPS: If the workflow worked before you might have accidentally "
+                                             "set the batch_size to a large number.",
+                        "exception_type": "torch.OutOfMemoryError", "traceback": PROMPT_OOM_TRACEBACK[1:-1],
+                        "current_inputs": {}, "current_outputs": []}]]}
             else:
                 status = {"status_str": "success", "completed": True,
                           "messages": [["execution_start", {"prompt_id": prompt_id}],
@@ -389,7 +414,14 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._json(200, state.queue_json())
             elif path == "/history":
                 with state.lock:
-                    self._json(200, dict(state.history))
+                    items = list(state.history.items())
+                query = dict(part.split("=", 1) for part in self.path.partition("?")[2].split("&") if "=" in part)
+                if query.get("max_items"):
+                    items = items[-int(query["max_items"]):]
+                self._json(200, dict(items))
+            elif path == "/manager/reboot":  # ComfyUI-Manager's reboot route (marker + exit 0, or execv)
+                self._text(200, "")
+                _after(0.05, lambda: reboot(state.log))
             elif path.startswith("/history/"):
                 prompt_id = path.split("/", 2)[2]
                 with state.lock:
@@ -430,6 +462,9 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._text(200, "")
             elif path == "/free":
                 self._text(200, "")
+            elif path == "/standin/crash":  # test-only: a crash with its own traceback (not out of memory)
+                self._text(200, "")
+                _after(0.05, lambda: die(state.log, CRASH_TRACEBACK, 1))
             else:
                 self._text(404, "404: Not Found")
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import hardware as hw
-from supervisor.catalog import load_catalog
-from supervisor.feature_workflows import WorkflowError, load_template, placeholders, resolve
-from supervisor.planner import make_plan
-from supervisor.settings import load_settings
-from supervisor.workflow_check import errors, validate
-from supervisor.workflows import workflows_dir
+from supervisor.plan import hardware as hw
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.planner import make_plan
+from supervisor.plan.settings import load_settings
+from supervisor.workflows import errors, validate, workflows_dir
+from supervisor.workflows.features import WorkflowError, load_template, placeholders, resolve
 
 CATALOG = load_catalog()
 ROOT = workflows_dir()

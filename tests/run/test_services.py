@@ -1,0 +1,166 @@
+"""Side services (sshd, JupyterLab, custom-node update) as real child processes: stand-in programs named sshd,
+ssh-keygen, jupyter and git on PATH record how they were started and behave like the real ones where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+PASSWORD = "jupyter-secret-password-77"
+
+FAKE = """#!{python}
+import json, os, sys, time
+name = os.path.basename(sys.argv[0])
+with open(os.environ["FAKE_RECORD"], "a") as f:
+    f.write(json.dumps({{"name": name, "argv": sys.argv[1:], "t": time.time(), "pid": os.getpid(),
+                        "token": os.environ.get("JUPYTER_TOKEN"), "hf": os.environ.get("HF_TOKEN"),
+                        "prompt": os.environ.get("GIT_TERMINAL_PROMPT")}}) + "\\n")
+if name == "sshd":
+    marker = os.environ["FAKE_STATE"] + ".sshd-crashed"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        print("fatal: stand-in sshd crashes once", file=sys.stderr, flush=True)
+        sys.exit(255)
+    print("Server listening on 0.0.0.0 port 22.", file=sys.stderr, flush=True)
+    time.sleep(60)
+elif name == "jupyter":
+    print("Jupyter Server is running at: http://127.0.0.1:8888/lab?token=" + os.environ.get("JUPYTER_TOKEN", ""),
+          file=sys.stderr, flush=True)
+    time.sleep(60)
+elif name == "git":
+    repo = sys.argv[sys.argv.index("-C") + 1]
+    time.sleep(0.3)
+    if repo.endswith("broken"):
+        print("fatal: unable to access 'https://example.invalid/broken.git/'", file=sys.stderr)
+        sys.exit(1)
+    print("Already up to date." if repo.endswith("same") else "Updating 1111111..2222222\\nFast-forward")
+"""
+
+
+@pytest.fixture
+def fakes(pod, tmp_path):
+    # The supervisor creates sshd's privilege separation directory; leave the machine as it was.
+    run_sshd = Path("/run/sshd")
+    existed = run_sshd.exists()
+    yield from _fakes(pod, tmp_path)
+    if not existed and run_sshd.is_dir():
+        try:
+            run_sshd.rmdir()
+        except OSError:
+            pass
+
+
+def _fakes(pod, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sshd", "ssh-keygen", "jupyter", "git"):
+        path = bin_dir / name
+        path.write_text(FAKE.format(python=sys.executable))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    pod.env["PATH"] = f"{bin_dir}{os.pathsep}{pod.env['PATH']}"
+    pod.env["FAKE_RECORD"] = str(tmp_path / "fake.jsonl")
+    pod.env["FAKE_STATE"] = str(tmp_path / "fake")
+
+    def records(name: str) -> list[dict]:
+        path = tmp_path / "fake.jsonl"
+        if not path.exists():
+            return []
+        return [r for r in map(json.loads, path.read_text().splitlines()) if r["name"] == name]
+
+    yield records
+
+
+def test_sshd_and_jupyter_are_started_supervised_and_logged(pod, supervisor, fakes):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStandInKey test@pod"
+    pod.env.update(PUBLIC_KEY=key, JUPYTER_PASSWORD=PASSWORD, JUPYTER_PORT="8899",
+                   HF_TOKEN="hf_NotForJupyter0123456789abc")
+    run = supervisor(pod)
+    run.wait_for("supervise.ready")
+
+    authorized = Path(pod.env["HOME"]) / ".ssh" / "authorized_keys"
+    assert authorized.read_text() == key + "\n"
+    assert stat.S_IMODE(authorized.stat().st_mode) == 0o600
+    assert stat.S_IMODE(authorized.parent.stat().st_mode) == 0o700
+
+    # sshd runs in the foreground with logs on stderr; it crashed once and was restarted.
+    run.wait_for("services.exited", service="sshd")
+    line = run.wait_for("sshd.log", where=lambda e: "Server listening" in e["line"])
+    assert line["source"] == "sshd"
+    started = fakes("sshd")
+    assert len(started) == 2 and started[-1]["argv"] == ["-D", "-e"]
+    if fakes("ssh-keygen"):
+        assert fakes("ssh-keygen")[0]["argv"] == ["-A"]
+        assert fakes("ssh-keygen")[0]["t"] < started[0]["t"]
+
+    # JupyterLab gets its token from the environment, never on its command line, and never in the logs.
+    (jupyter,) = fakes("jupyter")
+    assert jupyter["token"] == PASSWORD and jupyter["hf"] is None
+    assert PASSWORD not in " ".join(jupyter["argv"])
+    assert "--port=8899" in jupyter["argv"] and jupyter["argv"][0] == "lab"
+    logged = run.wait_for("jupyter.log", where=lambda e: "Jupyter Server is running" in e["line"])
+    assert PASSWORD not in logged["line"] and "token=***" in logged["line"]
+    assert PASSWORD not in (pod.root / "logs" / "jupyter.log").read_text()
+
+    services = run.status()["services"]
+    assert services["sshd"]["state"] == "running" and services["sshd"]["restarts"] == 1
+    assert services["jupyter"]["state"] == "running"
+
+    run.send(signal.SIGTERM)
+    assert run.wait() == 143  # the services were stopped with ComfyUI
+    assert PASSWORD not in "".join(run.raw)
+
+
+def test_missing_programs_only_warn(pod, supervisor, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    pod.env.update(PUBLIC_KEY="ssh-ed25519 AAAA test", JUPYTER_PASSWORD=PASSWORD, PATH=str(empty))
+    pod.env["COMFYUI_PYTHON"] = sys.executable
+    run = supervisor(pod)
+    run.wait_for("supervise.ready")
+    if not Path("/usr/sbin/sshd").exists():
+        run.wait_for("services.sshd_missing")
+    run.wait_for("services.jupyter_missing")
+    run.send(signal.SIGTERM)
+    assert run.wait() == 143
+
+
+def test_custom_nodes_are_pulled_before_comfyui_starts(pod, supervisor, fakes):
+    for name in ("same", "changed", "broken"):
+        (pod.comfy_dir / "custom_nodes" / name / ".git").mkdir(parents=True)
+    (pod.comfy_dir / "custom_nodes" / "not-a-repo").mkdir()
+    pod.env.update(UPDATE_NODES_ON_START="true")
+    run = supervisor(pod)
+    run.wait_for("supervise.ready")
+    pulls = fakes("git")
+    assert sorted(Path(p["argv"][p["argv"].index("-C") + 1]).name for p in pulls) == ["broken", "changed", "same"]
+    assert all(p["argv"][-2:] == ["pull", "--ff-only"] and p["prompt"] == "0" for p in pulls)
+    results = {e["repo"]: e["result"] for e in run.named("services.node_updated")}
+    assert results == {"same": "unchanged", "changed": "updated", "broken": "failed"}
+    (start,) = pod.records("start")
+    assert start["t"] > max(p["t"] for p in pulls) + 0.25  # ComfyUI started after the pulls finished
+    assert any("unable to access" in e["line"] for e in run.named("git.log"))
+    run.send(signal.SIGTERM)
+    run.wait()
+
+
+def test_a_hanging_pull_does_not_hold_comfyui_forever(pod, supervisor, fakes):
+    (pod.comfy_dir / "custom_nodes" / "slow" / ".git").mkdir(parents=True)
+    script = Path(pod.env["PATH"].split(os.pathsep)[0]) / "git"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    pod.env.update(UPDATE_NODES_ON_START="true")
+    started = time.monotonic()
+    run = supervisor(pod, patch="import supervisor.run.services as s; s.NODE_UPDATE_DEADLINE = 0.5")
+    run.wait_for("services.node_update_timeout", timeout=10)
+    run.wait_for("supervise.ready")
+    assert time.monotonic() - started < 8
+    run.send(signal.SIGTERM)
+    assert run.wait() == 143
