@@ -242,3 +242,24 @@ def test_the_lock_pins_the_images_torch_and_one_version_of_everything():
     assert "torch==2.9.1" in lines and "torchvision==0.24.1" in lines and "onnxruntime-gpu==1.23.2" in lines
     transformers = next(line for line in lines if line.startswith("transformers=="))
     assert transformers.startswith("transformers==4.")   # VibeVoice's embedded model clashes with transformers 5
+
+
+def test_readme_feature_table_and_refusals_match_the_catalogue():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Feature switches: node packs, workflows and VRAM", 1)[1].split("\n## ", 1)[0]
+    flat = " ".join(section.split())
+    from supervisor.plan.features import pack_labels
+    for feature in CATALOG.features.values():
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{feature.switch}` |"))
+        if feature.refused:
+            assert "**refused**" in row
+            assert f"`{feature.switch}`: {' '.join(feature.refused.split())}." in flat  # the plan's words, repeated
+        else:
+            assert all(label in row for label in pack_labels(feature, CATALOG)), row
+            assert (f"`{feature.workflow}`" if feature.workflow else "none") in row
+    for feature in CATALOG.features.values():
+        for name, variant in feature.variants.items():
+            if variant.refused:
+                assert f"`{feature.variant_env}={name}`: {' '.join(variant.refused.split())}." in flat
+    for pack in CATALOG.packs.values():
+        assert f"`{pack.commit[:8]}`" in section, pack.id
