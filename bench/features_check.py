@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             all_downloads[d.dest] = d
         cases.append(case)
 
-    missing_packs = [p.folder for p in catalog.packs.values() if p.folder and not (comfy / "custom_nodes" / p.folder).is_dir()]
+    missing_packs = [p.custom_node for p in catalog.packs.values()
+                     if p.custom_node and not (comfy / "custom_nodes" / p.custom_node).is_dir()]
     with tempfile.TemporaryDirectory(prefix="features-check-") as tmp:
         scratch = Path(tmp)
         models = scratch / "models"
@@ -219,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/features_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), ComfyUI --cpu",
-        "comfyui": catalog.packs["comfyui"].commit, "python": torch[1] if len(torch) > 1 else "?",
+        "comfyui": catalog.packs["ComfyUI"].commit, "python": torch[1] if len(torch) > 1 else "?",
         "torch": torch[0] if torch else "?",
-        "packs": {p.id: p.commit for p in catalog.packs.values() if p.folder},
+        "packs": {p.id: p.commit for p in catalog.packs.values() if p.custom_node},
         "missing_pack_folders": missing_packs, "import_failed": import_failed,
         "lock_drift": lock_drift(args.python), "node_types": len(object_info), "ready_s": round(ready_s, 1),
         "stand_in_files": standins, "features": cases,

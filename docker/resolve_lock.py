@@ -27,26 +27,21 @@ except ModuleNotFoundError:  # pragma: no cover
 ROOT = Path(__file__).resolve().parent.parent
 # The image's torch (docker/Dockerfile TORCH_VERSION ...) and the onnxruntime built for its CUDA 12 + cuDNN 9.
 PINNED = ["torch==2.9.1", "torchvision==0.24.1", "torchaudio==2.9.1", "onnxruntime-gpu==1.23.2"]
-# ComfyUI imports requests without listing it; WanVideoWrapper's GGUF path needs gguf >= 0.17.1.
-EXTRA = ["requests>=2.31", "gguf>=0.17.1"]
 # Pure-Python packages published as source only (built without a compiler).
 SDIST_OK = ["fvcore", "iopath", "antlr4-python3-runtime", "ml-collections", "yacs", "matrix-client", "ffmpy"]
 
 
 def requirement_lines(comfyui_dir: Path, packs: dict) -> list[str]:
     lines: list[str] = []
-    core = packs["comfyui"]
-    for name in core.get("requirements", []):
-        lines.append(f"-r {comfyui_dir / name}")
     for pack_id, pack in packs["packs"].items():
-        folder = comfyui_dir / "custom_nodes" / pack["folder"]
+        folder = comfyui_dir if pack_id == "ComfyUI" else comfyui_dir / "custom_nodes" / pack_id
         for name in pack.get("requirements", []):
             path = folder / name
             if not path.is_file():
                 raise SystemExit(f"{pack_id}: {path} is missing; extract the pack at {pack['commit']} first")
             lines.append(f"-r {path}")
         lines += pack.get("pip", [])
-    return lines + EXTRA
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ class Feature:
     dynamic: DynamicFiles | None = None
     roles: dict[str, str] = field(default_factory=dict)  # workflow role ("vae", "text_encoder", ...) -> file key
     notes: tuple[str, ...] = ()
-    packs: tuple[str, ...] = ()  # node packs whose nodes load its files (config/packs.toml ids; "comfyui" = core)
+    packs: tuple[str, ...] = ()  # node packs whose nodes load its files (config/packs.toml tables; "ComfyUI" = core)
     workflow: str = ""  # its minimal API workflow, relative to workflows/
     workflow_note: str = ""  # why it has none
     refused: str = ""  # why the image cannot run it: the plan skips it with this reason and downloads nothing
@@ -200,7 +200,7 @@ class Catalog:
     folders: tuple[str, ...]
     planner: PlannerConstants
     sources: tuple[Path, ...] = ()
-    packs: dict[str, Pack] = field(default_factory=dict)  # config/packs.toml, ComfyUI itself under "comfyui"
+    packs: dict[str, Pack] = field(default_factory=dict)  # config/packs.toml, ComfyUI itself under "ComfyUI"
 
     def feature_by_switch(self, switch: str) -> Feature | None:
         return next((f for f in self.features.values() if f.switch == switch), None)

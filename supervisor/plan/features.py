@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 
 from .catalog import Catalog, Feature
 from .hardware import GIB, Gpu
-from .packs import CORE
 from .types import SKIPPED, BudgetLine, ModelChoice, VramBudget
 
 OCCUPIED_MIN_BYTES = 256 * 2**20  # NVML's `used` below this is the driver's own bookkeeping, not another process
@@ -41,7 +40,7 @@ def pack_labels(feature: Feature, catalog: Catalog) -> tuple[str, ...]:
         pack = catalog.packs.get(pack_id)
         if pack is None:
             continue
-        labels.append(f"ComfyUI core@{pack.commit[:8]}" if pack_id == CORE else pack.label)
+        labels.append(pack.label)
     return tuple(labels)
 
 

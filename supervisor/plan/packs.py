@@ -1,4 +1,5 @@
 """The node packs the image installs: `config/packs.toml` -> validated `Pack`s (repository, pinned commit, folder).
+The same file drives the image build (docker/install_packs.py); this side only reads what the plan needs.
 
 The catalogue's features name the packs whose nodes load their files; `catalog.load_catalog` checks those names
 against this file, and `supervisor plan` shows each enabled feature's packs with their pins. The image build
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import Problem
@@ -20,30 +21,30 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-CORE = "comfyui"  # ComfyUI itself: the `[comfyui]` table, named by features whose nodes are core nodes
-_FIELDS = {"repo", "commit", "folder", "requirements", "pip", "note", "base"}
+CORE = "ComfyUI"  # ComfyUI itself, named by features whose nodes are core nodes
+CUSTOM_NODES = PurePosixPath("/opt/ComfyUI/custom_nodes")
+_FIELDS = {"repo", "commit", "folder", "requirements", "pip", "large_files", "note"}
 
 
 @dataclass(frozen=True)
 class Pack:
-    id: str
+    id: str  # the table name = its folder's name under custom_nodes/ ("ComfyUI" for ComfyUI itself)
     repo: str
     commit: str
-    folder: str = ""  # under ComfyUI/custom_nodes/ ("" for ComfyUI itself)
+    folder: str  # where the image installs it
     requirements: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
     note: str = ""
-    base: bool = False
 
     @property
-    def name(self) -> str:
-        """What a person recognises: the repository's name (`ComfyUI-GGUF`)."""
-        return self.repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    def custom_node(self) -> str:
+        """Its folder under custom_nodes/ ("" for ComfyUI itself)."""
+        return "" if self.id == CORE else self.id
 
     @property
     def label(self) -> str:
         """`ComfyUI-GGUF@be2a0833`: the pack and its pin, for plan output and the README."""
-        return f"{self.name}@{self.commit[:8]}"
+        return f"{'ComfyUI core' if self.id == CORE else self.id}@{self.commit[:8]}"
 
 
 def load_packs(path: Path, problems: list[Problem]) -> dict[str, Pack]:
@@ -57,19 +58,16 @@ def load_packs(path: Path, problems: list[Problem]) -> dict[str, Pack]:
         problems.append(Problem(str(path), f"cannot read TOML: {exc}"))
         return {}
     packs: dict[str, Pack] = {}
-    tables: list[tuple[str, Any]] = [(CORE, data.get(CORE, {}))] + list((data.get("packs") or {}).items())
-    for pack_id, raw in tables:
-        where = f"[{CORE}]" if pack_id == CORE else f"[packs.{pack_id}] in {path}"
-        pack = _pack(pack_id, raw, where, problems, core=pack_id == CORE)
+    for pack_id, raw in (data.get("packs") or {}).items():
+        pack = _pack(pack_id, raw, f"[packs.{pack_id}] in {path}", problems)
         if pack:
             packs[pack_id] = pack
-    folders = [p.folder for p in packs.values() if p.folder]
-    for folder in sorted({f for f in folders if folders.count(f) > 1}):
-        problems.append(Problem(str(path), f"two packs install into custom_nodes/{folder}"))
+    if CORE not in packs:
+        problems.append(Problem(str(path), f"no [packs.{CORE}] table (ComfyUI itself)"))
     return packs
 
 
-def _pack(pack_id: str, raw: Any, where: str, problems: list[Problem], core: bool) -> Pack | None:
+def _pack(pack_id: str, raw: Any, where: str, problems: list[Problem]) -> Pack | None:
     if not isinstance(raw, dict):
         problems.append(Problem(where, "must be a table"))
         return None
@@ -82,10 +80,12 @@ def _pack(pack_id: str, raw: Any, where: str, problems: list[Problem], core: boo
         problems.append(Problem(where, f"repo {repo!r} must be an https:// git URL"))
     if not isinstance(commit, str) or not COMMIT.match(commit):
         problems.append(Problem(where, f"commit {commit!r} must be a full 40-digit commit id (a pin, not a branch)"))
-    if not core and (not isinstance(folder, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", folder)):
-        problems.append(Problem(where, f"folder {folder!r} must be one directory name under custom_nodes/"))
+    expected = str(CUSTOM_NODES.parent) if pack_id == CORE else str(CUSTOM_NODES / pack_id)
+    if folder != expected:
+        problems.append(Problem(where, f"folder {folder!r} must be {expected!r}",
+                                "a node pack is installed under custom_nodes/ in a folder named as its table"))
     lists = {}
-    for name in ("requirements", "pip"):
+    for name in ("requirements", "pip", "large_files"):
         value = raw.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(Problem(where, f"field '{name}' must be a list of strings"))
@@ -93,6 +93,5 @@ def _pack(pack_id: str, raw: Any, where: str, problems: list[Problem], core: boo
         lists[name] = tuple(value)
     if len(problems) > before:
         return None
-    return Pack(id=pack_id, repo=repo, commit=commit, folder=folder if not core else "",
-                requirements=lists["requirements"], pip=lists["pip"], note=str(raw.get("note", "")),
-                base=bool(raw.get("base", False)))
+    return Pack(id=pack_id, repo=repo, commit=commit, folder=folder, requirements=lists["requirements"],
+                pip=lists["pip"], note=str(raw.get("note", "")))

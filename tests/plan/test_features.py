@@ -119,7 +119,7 @@ def test_pairings_follow_the_loaders():
     assert scail.repo.startswith("Kijai/") and scail.kind == "file" and scail.dest.startswith("diffusion_models/")
     turbo = {CATALOG.files[k].path for k in files("wan22_distill")}
     assert {"TurboWan2.2-I2V-A14B-high-720P-quant.pth", "TurboWan2.2-I2V-A14B-low-720P-quant.pth"} <= turbo
-    assert "gguf" in CATALOG.features["qwen_edit"].packs
+    assert "ComfyUI-GGUF" in CATALOG.features["qwen_edit"].packs
     assert CATALOG.files["dwpose_det"].dest == "annotators/yzd-v/DWPose/yolox_l.onnx"  # controlnet_aux's layout
 
 
@@ -211,26 +211,28 @@ def test_every_shipped_feature_has_packs_and_a_workflow_or_a_reason():
 
 def test_a_feature_naming_an_unknown_pack_is_a_catalogue_error(tmp_path):
     extra = tmp_path / "extra.toml"
-    extra.write_text('[features.my_tts]\nswitch = "ENABLE_MY_TTS"\npacks = ["comfyui", "my-tts-pack"]\n')
+    extra.write_text('[features.my_tts]\nswitch = "ENABLE_MY_TTS"\npacks = ["ComfyUI", "my-tts-pack"]\n')
     with pytest.raises(ConfigError) as err:
         load_catalog([extra])
     assert "[features.my_tts]" in str(err.value) and "unknown node pack 'my-tts-pack'" in str(err.value)
 
 
-def test_pack_list_rejects_branches_and_shared_folders(tmp_path):
+def test_pack_list_rejects_branches_and_misplaced_folders(tmp_path):
     text = (REPO / "config" / "packs.toml").read_text()
     bad = text.replace('commit = "be2a08330d7ec232d684e50ab938870d7529471e"', 'commit = "main"')
-    bad = bad.replace('folder = "VibeVoice-ComfyUI"', 'folder = "ComfyUI-KJNodes"')
+    bad = bad.replace('folder = "/opt/ComfyUI/custom_nodes/VibeVoice-ComfyUI"', 'folder = "/opt/ComfyUI/custom_nodes/x"')
     path = tmp_path / "packs.toml"
     path.write_text(bad)
     problems = []
     packs = load_packs(path, problems)
     messages = [str(p) for p in problems]
-    assert any("[packs.gguf]" in m and "commit 'main' must be a full 40-digit commit id" in m for m in messages)
-    assert any("two packs install into custom_nodes/ComfyUI-KJNodes" in m for m in messages)
-    assert "gguf" not in packs and "wanvideowrapper" in packs
+    assert any("[packs.ComfyUI-GGUF]" in m and "commit 'main' must be a full 40-digit commit id" in m
+               for m in messages)
+    assert any("[packs.VibeVoice-ComfyUI]" in m and "must be '/opt/ComfyUI/custom_nodes/VibeVoice-ComfyUI'" in m
+               for m in messages)
+    assert "ComfyUI-GGUF" not in packs and "ComfyUI-WanVideoWrapper" in packs
     good = load_packs(REPO / "config" / "packs.toml", problems := [])
-    assert problems == [] and good["comfyui"].commit.startswith("a125cd84")
+    assert problems == [] and good["ComfyUI"].commit.startswith("a125cd84")
 
 
 def test_the_lock_pins_the_images_torch_and_one_version_of_everything():

@@ -66,8 +66,8 @@ def test_resolved_workflow_is_valid_for_the_pinned_comfyui(name, variant):
 @pytest.mark.parametrize("name, variant", list(runs()))
 def test_workflow_uses_only_nodes_of_its_declared_packs(name, variant):
     feature = CATALOG.features[name]
-    folders = {CATALOG.packs[p].folder for p in feature.packs if p != "comfyui"}
-    core = "comfyui" in feature.packs
+    folders = {CATALOG.packs[p].custom_node for p in feature.packs} - {""}
+    core = "ComfyUI" in feature.packs
     for node in load_template(feature, ROOT).values():
         module = NODE_DEFS[node["class_type"]]["python_module"]
         if module.startswith("custom_nodes."):
