@@ -264,7 +264,7 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
             need(files, feature.name)
             fixed_missing += sum(specs[k].size for k in files if specs[k].dest not in present)
         else:
-            models.append(_plan_on_demand(feature, selection, gpu, warnings, catalog))
+            models.append(_plan_on_demand(feature, selection, gpu, warnings, catalog, held))
     models = describe(models, catalog, settings.features)
     if gpu is not None:
         free_gib = gib(gpu.usable - occupied_bytes(gpu)) - catalog.planner.cuda_context_gib
@@ -313,11 +313,14 @@ def _civitai_spec(feature: Feature, version: str) -> FileSpec:
                     kind="url", url=f"{CIVITAI_DOWNLOAD}{version}", auth_env="CIVITAI_API_KEY")
 
 
-def _plan_on_demand(feature: Feature, selection, gpu: Gpu | None, warnings: list[str], catalog: Catalog) -> ModelChoice:
+def _plan_on_demand(feature: Feature, selection, gpu: Gpu | None, warnings: list[str], catalog: Catalog,
+                    held: list[BudgetLine]) -> ModelChoice:
     variant = ",".join(selection.choices) if feature.multi_choice else selection.variant
     if gpu is None:
         return ModelChoice(feature.name, variant, ON_DEMAND, "no GPU: ComfyUI runs it on the CPU (--cpu)")
-    usable = gib(gpu.usable - occupied_bytes(gpu)) - catalog.planner.cuda_context_gib
+    # What other processes hold is gone already; what the other resident features hold is gone too.
+    others = sum(h.gib for h in held if h.item.endswith("(resident)") and not h.item.startswith(f"held: {feature.name}"))
+    usable = gib(gpu.usable - occupied_bytes(gpu)) - catalog.planner.cuda_context_gib - others
     need = feature_vram(feature, None if feature.multi_choice else selection.variant)
     how = "stays loaded (resident)" if feature.resident else "its workflow loads it when run"
     if need and need > usable:

@@ -265,3 +265,15 @@ def test_readme_feature_table_and_refusals_match_the_catalogue():
                 assert f"`{feature.variant_env}={name}`: {' '.join(variant.refused.split())}." in flat
     for pack in CATALOG.packs.values():
         assert f"`{pack.commit[:8]}`" in section, pack.id
+
+
+def test_an_on_demand_feature_is_checked_against_what_resident_ones_leave(tmp_path):
+    extra = tmp_path / "resident.toml"
+    extra.write_text("[features.vibevoice]\nresident = true\n")
+    catalog = load_catalog([extra])
+    plan = plan_for(machine("RTX 4090"), catalog, ENABLE_VIBEVOICE="true", WAN_720P="true")
+    (warning,) = [w for w in plan.warnings if w.startswith("WAN_720P")]
+    # 23.1 GiB usable less VibeVoice Large's 19 GiB leaves 4.1 GiB for the 18 GiB Wan 2.1 T2V workflow.
+    assert "peaks at about 18 GiB of VRAM, 4.1 GiB usable" in warning
+    alone = plan_for(machine("RTX 4090"), catalog, WAN_720P="true")
+    assert not [w for w in alone.warnings if w.startswith("WAN_720P")]
