@@ -169,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                    "--output-directory", str(scratch / "output"), "--user-directory", str(scratch / "user"),
                    "--temp-directory", str(scratch / "temp"), "--database-url", f"sqlite:///{scratch}/comfyui.db"]
         started = time.monotonic()
+        # As the supervisor's launch does: comfyui_controlnet_aux reads its weights from MODELS_DIR/annotators.
+        env = {**os.environ, "AUX_ANNOTATOR_CKPTS_PATH": str(models / "annotators")}
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(command, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -210,10 +213,23 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log_text = log_path.read_text(errors="replace")
+        # DWPreprocessor's own lookup, with the supervisor's environment: it must find the catalogue's files (a
+        # download attempt would fail here: no network) under MODELS_DIR/annotators.
+        aux = comfy / "custom_nodes" / "comfyui_controlnet_aux"
+        lookup = subprocess.run(
+            [args.python, "-c", "import sys; sys.path.insert(0, 'src'); "
+             "from custom_controlnet_aux.util import custom_hf_download as find; "
+             "print('FOUND', find('yzd-v/DWPose', 'dw-ll_ucoco_384.onnx')); "
+             "print('FOUND', find('yzd-v/DWPose', 'yolox_l.onnx'))"],
+            cwd=aux, env=env, capture_output=True, text=True, timeout=300)
+        found = [line.split(" ", 1)[1] for line in lookup.stdout.splitlines() if line.startswith("FOUND ")]
+        expected = [str(models / catalog.files[k].dest) for k in ("dwpose_pose", "dwpose_det")]
+        annotators_ok = lookup.returncode == 0 and found == expected
     if args.save_node_defs:
         args.save_node_defs.write_text(json.dumps({k: object_info[k] for k in used if k in object_info}, indent=1,
                                                   sort_keys=True) + "\n")
     import_failed = re.findall(r"\(IMPORT FAILED\)[^\n]*", log_text)
+
     torch = subprocess.run([args.python, "-c", "import torch, sys; print(torch.__version__, sys.version.split()[0])"],
                            capture_output=True, text=True).stdout.split()
     result = {
@@ -225,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         "packs": {p.id: p.commit for p in catalog.packs.values() if p.custom_node},
         "missing_pack_folders": missing_packs, "import_failed": import_failed,
         "lock_drift": lock_drift(args.python), "node_types": len(object_info), "ready_s": round(ready_s, 1),
-        "stand_in_files": standins, "features": cases,
+        "stand_in_files": standins, "controlnet_aux_reads_models_annotators": annotators_ok, "features": cases,
     }
     failures = [c for c in cases if c["status"] in ("REJECTED", "skipped")] + ([{"import_failed": import_failed}] if import_failed
                                                                      else []) + [{"missing": m} for m in missing_packs]
+    failures += [] if annotators_ok else [{"controlnet_aux": "does not read MODELS_DIR/annotators"}]
     text = render(result)
     print(text)
     if args.out:
@@ -243,7 +260,8 @@ def render(result: dict) -> str:
              f"torch {result['torch']}, {result['machine']}",
              f"node types: {result['node_types']}; ready in {result['ready_s']} s; IMPORT FAILED: "
              f"{len(result['import_failed'])}; packs missing: {len(result['missing_pack_folders'])}; "
-             f"installed versions differing from docker/requirements.lock: {len(result['lock_drift'])}",
+             f"installed versions differing from docker/requirements.lock: {len(result['lock_drift'])}; "
+             f"comfyui_controlnet_aux reads MODELS_DIR/annotators: {result['controlnet_aux_reads_models_annotators']}",
              ""]
     for case in result["features"]:
         detail = case.get("reason", "")

@@ -90,6 +90,8 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     env = child_env(settings, environ, catalog)
     env[SESSION_ENV] = str(session)
     env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the log before a crash, not after
+    # comfyui_controlnet_aux reads its weights (DWPose, ...) from here: the catalogue puts them under annotators/.
+    env.setdefault("AUX_ANNOTATOR_CKPTS_PATH", str(Path(settings.models_dir).absolute() / "annotators"))
     cwd = Path(settings.comfyui_dir)
     if settings.comfyui_command:
         return Launch(argv=tuple(settings.comfyui_command), cwd=cwd if cwd.is_dir() else Path("/"), env=env,
