@@ -114,3 +114,25 @@ def remembered_text(plan: Plan) -> str:
     steps = ", ".join(f"{feature} {n} step{'s' if n != 1 else ''} down" for feature, n in plan.degrade.items())
     return (f"remembered from an earlier run ({r.get('at')}): {steps} after out of memory ({r.get('why')}); "
             f"to start from the top of the ladder again: `supervisor plan --reset-oom` (or delete {r.get('file')})")
+
+
+def render_instances(instances: list, plans: list[Plan]) -> str:
+    """One ComfyUI per GPU: a table of the instances, then each distinct plan once."""
+    rows = []
+    for instance, plan in zip(instances, plans):
+        gpu = instance.gpu
+        choice = ", ".join(f"{m.variant}/{m.offload}/{m.knobs.blocks_to_swap}" for m in plan.models if m.knobs) or "-"
+        peak = max((b.total_gib for b in plan.vram_budget), default=0.0)
+        rows.append([instance.name, f"{gpu.name} (#{gpu.index})" if gpu else "-", str(instance.port),
+                     instance.cuda_visible_devices or "-", choice + (f", peak {peak:.1f} GiB" if peak else "")])
+    out = [f"Instances: {len(instances)} ComfyUIs, one per GPU (COMFYUI_PER_GPU=true); each plans for its own GPU and "
+           f"1/{len(instances)} of the RAM ({plans[0].hardware.ram_total / GIB:.1f} GiB)", ""]
+    out += _table(["instance", "GPU", "port", "CUDA_VISIBLE_DEVICES", "plan"], rows)
+    shown: dict[str, str] = {}
+    for instance, plan in zip(instances, plans):
+        text = render(plan)
+        out += ["", f"== {instance.name}: {instance.gpu.name if instance.gpu else 'CPU'}, port {instance.port} =="]
+        same = shown.get(text)
+        out += [f"(the same plan as {same})"] if same else text.rstrip("\n").split("\n")
+        shown.setdefault(text, instance.name)
+    return "\n".join(out) + "\n"

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..plan.instances import Instance
 from ..plan.types import Plan
 from . import exits
 from .init import Child
@@ -88,8 +89,9 @@ class ExitOutcome:
 class ComfyUnit:
     """A slot that runs one ComfyUI at a time: its plan, its current process, its restarts."""
 
-    def __init__(self, name: str, settings: Any, policy: RestartPolicy | None = None):
-        self.name = name
+    def __init__(self, instance: Instance, settings: Any, policy: RestartPolicy | None = None):
+        self.instance = instance  # which GPU and port (plan/instances.py)
+        self.name = instance.name
         self.settings = settings
         self.policy = policy or RestartPolicy.from_settings(settings)
         self.plan: Plan | None = None

@@ -37,8 +37,8 @@ class Units:
                  on_signal: Callable[[int], None]):
         self.rt, self.ctx, self.settings = rt, ctx, ctx.settings
         self.give_up, self.bad_command, self.new_plan, self.on_signal = give_up, bad_command, new_plan, on_signal
-        self.units = [ComfyUnit("comfyui", self.settings)]
-        self.log_file = LogFile(Path(self.settings.log_dir) / "comfyui.log")
+        self.units = [ComfyUnit(instance, self.settings) for instance in ctx.instances]
+        self.log_files = {unit.name: LogFile(Path(self.settings.log_dir) / f"{unit.name}.log") for unit in self.units}
         self.generation = 0  # one counter for every unit, so a worker's message names exactly one process
         self.plan_seconds = 0.0
         self.known_flags: set[str] | None = None
@@ -63,10 +63,10 @@ class Units:
         the unit's own `degrade`."""
         started = time.monotonic()
         if unit.plan is None:
-            unit.plan, unit.memory_key = self.ctx.starting()
+            unit.plan, unit.memory_key = self.ctx.starting(unit.instance)
             unit.degrade = dict(unit.plan.degrade)
         else:
-            unit.plan = self.ctx.plan(degrade=unit.degrade)
+            unit.plan = self.ctx.plan(degrade=unit.degrade, instance=unit.instance)
         self.plan_seconds = time.monotonic() - started
         log_plan(unit.plan)
 
@@ -85,7 +85,7 @@ class Units:
         if self.rt.stopping:
             return  # a signal came while --help ran
         try:
-            line = comfyui.build_launch(unit.plan, settings, self.ctx.catalog, known, self.rt.environ)
+            line = comfyui.build_launch(unit.plan, settings, self.ctx.catalog, known, self.rt.environ, unit.instance)
         except OSError as exc:
             self.bad_command([Problem("COMFYUI_DATA_DIR", f"cannot prepare ComfyUI's folders: {exc}",
                                       "make COMFYUI_DATA_DIR writable")])
@@ -106,14 +106,17 @@ class Units:
         self.generation += 1
         generation = self.generation
         oom_kills = exits.oom_kill_count()
+        bind = {"instance": unit.name} if unit.instance.per_gpu else {}
         child, reader = self.rt.spawn_logged(line.argv, name=unit.name, source="comfyui", env=line.env, cwd=line.cwd,
-                                             log_file=self.log_file, on_line=lambda text: self.on_line(unit, text),
-                                             generation=generation)
+                                             log_file=self.log_files[unit.name],
+                                             on_line=lambda text: self.on_line(unit, text), generation=generation,
+                                             **bind)
         unit.started(Incarnation(generation=generation, child=child, reader=None if reader.closed else reader,
                                  launch=line, plan=unit.plan, prober=self.prober(line.url, generation),
                                  oom_kills=oom_kills))
         log.info("comfyui.spawned", generation=generation, pid=child.pid, argv=list(line.argv), cwd=str(line.cwd),
-                 url=line.url, restart=unit.restarts, custom_command=line.custom)
+                 url=line.url, restart=unit.restarts, custom_command=line.custom, instance=unit.name,
+                 cuda_visible_devices=unit.instance.cuda_visible_devices)
         self.rt.set_timer(unit.timer("startup"), self.settings.startup_timeout, lambda: self.startup_timeout(unit))
 
     def prober(self, url: str, generation: int) -> workers.Prober:
@@ -165,7 +168,8 @@ class Units:
         except (ImportError, AttributeError):
             return
         try:
-            for warning in prepare(unit.plan, self.settings) or []:
+            user_root = comfyui.data_dirs(self.settings, unit.instance)["--user-directory"]
+            for warning in prepare(unit.plan, self.settings, user_root) or []:
                 log.warning("workflows.warning", message=str(warning))
         except Exception as exc:  # their module: report loudly, ComfyUI still starts
             log.error("workflows.prepare_failed", error=f"{type(exc).__name__}: {exc}")

@@ -14,7 +14,7 @@ import httpx
 
 from .conftest import REPO, present_plan_files
 
-HARDWARE = ("--gpu", "RTX 4090", "--ram", "64GiB")  # fp8 resident, with a ladder below it
+HARDWARE = ("--gpu", "RTX 4090", "--ram", "64GiB", "--disk", "500GB")  # fp8 resident, a ladder below it
 PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
 
 
