@@ -18,7 +18,7 @@ from .plan import Context, HardwareOptions, load_context, log_plan, render
 from .plan.report import render_instances
 from .errors import ConfigError, SupervisorError
 
-COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
+COMMANDS = ("run", "plan", "probe", "fetch", "check", "health", "worker")
 
 
 def _hardware_options(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--instance", metavar="NAME",
                         help="with COMFYUI_PER_GPU: the readiness of one ComfyUI (comfyui-1, or 1)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+
+    sub.add_parser("worker", help="the RunPod Serverless handler (SERVERLESS=true: `run` starts it); other "
+                   "arguments go to the runpod SDK")
     return parser
 
 
@@ -84,7 +87,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")  # `supervisor` alone, or with only options, is `supervisor run`
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, sdk_args = parser.parse_known_args(argv) if argv[:1] == ["worker"] else (parser.parse_args(argv), [])
     command = args.command or "run"
     # Logs go to stdout for the daemon (the container log) and to stderr for commands whose stdout is data.
     stream = sys.stdout if command == "run" else sys.stderr
@@ -92,6 +96,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                    environ.get("LOG_FORMAT", "auto").strip().lower() or "auto", stream=stream)
     log = logs.get_logger()
     try:
+        if command == "worker":
+            from .serverless import main as worker_main
+            return worker_main(sdk_args, environ)
         if command == "health":
             from .run.health import command as health_command
             return health_command(args, environ)

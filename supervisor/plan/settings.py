@@ -129,6 +129,10 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def _optional_address(text: str) -> tuple[str, int] | None:
+    return _address(text) if text.strip() else None
+
+
 def _url(text: str) -> str:
     text = text.strip().rstrip("/")
     if not text.startswith(("http://", "https://")):
@@ -164,7 +168,7 @@ def var(name: str, default: str, parser: Callable[[str], Any], doc: str, *, grou
     return field(default=parser(default) if default != "" or parser in _EMPTY_OK else None, metadata=meta)
 
 
-_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports}
+_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports, _optional_address}
 
 
 @dataclass(frozen=True)
@@ -391,16 +395,54 @@ class Settings:
     enable_r2_sync: bool = var(
         "ENABLE_R2_SYNC", "false", parse_bool,
         "Template's output upload daemon: not implemented in this image (a warning says so).", group="services")
-    r2_endpoint: str = var("R2_ENDPOINT", "", _text, "R2 endpoint (unused, see `ENABLE_R2_SYNC`).",
-                           group="services")
-    r2_bucket: str = var("R2_BUCKET", "", _text, "R2 bucket (unused).", group="services")
-    r2_access_key_id: Secret = var("R2_ACCESS_KEY_ID", "", _secret, "R2 key id (unused; never logged).",
-                                   group="services", secret=True)
-    r2_secret_access_key: Secret = var("R2_SECRET_ACCESS_KEY", "", _secret, "R2 secret (unused; never logged).",
+    r2_endpoint: str = var(
+        "R2_ENDPOINT", "", _text,
+        "S3 endpoint of the output bucket, e.g. `https://<account>.r2.cloudflarestorage.com`; empty = AWS S3.",
+        group="services")
+    r2_bucket: str = var(
+        "R2_BUCKET", "", _text,
+        "Bucket for outputs; when set, the serverless worker uploads its outputs there and returns URLs.",
+        group="services")
+    r2_access_key_id: Secret = var(
+        "R2_ACCESS_KEY_ID", "", _secret, "Key id for the bucket; empty = boto3's own credentials (env, IAM role). "
+        "Never logged.", group="services", secret=True)
+    r2_secret_access_key: Secret = var("R2_SECRET_ACCESS_KEY", "", _secret, "Secret key for the bucket. Never logged.",
                                        group="services", secret=True)
+    r2_region: str = var(
+        "R2_REGION", "auto", _text, "Signing region: `auto` for R2, the bucket's region for AWS S3.",
+        group="services")
+    r2_public_url: str = var(
+        "R2_PUBLIC_URL", "", _text,
+        "Public base URL of the bucket (an R2 custom domain): output URLs are then `<R2_PUBLIC_URL>/<key>` "
+        "instead of presigned.", group="services")
+    r2_url_expiry: int = var(
+        "R2_URL_EXPIRY", "604800", _int(1, 604800),
+        "Seconds a presigned output URL stays valid (at most 7 days).", group="services")
     storage_mode: str = var(
         "STORAGE_MODE", "auto", _choice("auto", "persistent", "ephemeral"),
         "Template variable, read by nothing there either; accepted and reported only.", group="services")
+
+    # RunPod Serverless worker
+    serverless: bool = var(
+        "SERVERLESS", "false", parse_bool,
+        "Run a RunPod Serverless worker (`supervisor worker`) beside ComfyUI: it takes jobs once the pod is ready. "
+        "sshd and JupyterLab are not started.", group="serverless")
+    serverless_api_addr: tuple[str, int] | None = var(
+        "SERVERLESS_API_ADDR", "", _optional_address,
+        "HOST:PORT to serve the runpod SDK's local test API (`/run`, `/runsync`, `/status`) instead of taking jobs "
+        "from RunPod's queue: for trying a worker image on your own machine.", group="serverless")
+    serverless_output: str = var(
+        "SERVERLESS_OUTPUT", "auto", _choice("auto", "base64", "s3"),
+        "How a job returns its outputs: `s3` uploads them to `R2_BUCKET` and returns URLs, `base64` puts them in "
+        "the result (RunPod caps a result at 20 MB), `auto` = `s3` when `R2_BUCKET` is set.", group="serverless")
+    serverless_job_timeout: float = var(
+        "SERVERLESS_JOB_TIMEOUT", "0", _float(0),
+        "Seconds a job may run in ComfyUI before its prompt is interrupted and the job fails; 0 = no limit here "
+        "(the endpoint's execution timeout still applies).", group="serverless")
+    serverless_ready_timeout: float = var(
+        "SERVERLESS_READY_TIMEOUT", "600", _float(0),
+        "Seconds a job waits for the pod to be ready again (a ComfyUI restart) before it fails.",
+        group="serverless")
 
     # Logging
     log_format: str = var(
@@ -477,6 +519,12 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
         raise ConfigError(settings_problems, title="invalid environment")
     if values.get("enable_r2_sync"):
         warnings.append("ENABLE_R2_SYNC=true: output upload is not implemented in this image; outputs stay on the volume")
+    if values.get("serverless"):
+        off = [name for name, attr in (("PUBLIC_KEY", "public_key"), ("JUPYTER_PASSWORD", "jupyter_password"))
+               if values.get(attr)]
+        if off:
+            warnings.append(f"SERVERLESS=true: {' and '.join(off)} ignored; a serverless worker runs no sshd or "
+                            "JupyterLab (jobs come through the RunPod queue)")
     return Settings(**values, features=features, warnings=tuple(warnings))
 
 
@@ -488,6 +536,8 @@ def _port_problems(values: Mapping[str, Any]) -> list[Problem]:
         return values.get(name, defaults[name])
 
     taken = {get("status_addr")[1]: "STATUS_ADDR", get("jupyter_port"): "JUPYTER_PORT"}
+    if get("serverless_api_addr") is not None:
+        taken[get("serverless_api_addr")[1]] = "SERVERLESS_API_ADDR"
     problems = []
     comfy = [("COMFYUI_PORTS", port) for port in get("comfyui_ports")] or [("COMFYUI_PORT", get("comfyui_port"))]
     for name, port in comfy:

@@ -17,13 +17,15 @@ Log lines (stderr, like ComfyUI; `--log-stdout` moves them to stdout): `Total VR
 `--dont-print-server`). Per prompt: `got prompt`, `Prompt executed in N seconds`.
 
 HTTP (each also under /api): GET /system_stats, /object_info[/{class}], /prompt, /queue, /history[/{id}],
-/features, /models; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt / prompt_no_outputs /
-invalid_prompt for unknown class_type; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}),
-/history ({"clear": true}), /interrupt, /free. Prompts run one at a time in a worker thread for
-STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or, with mode prompt_oom, as the
-torch.OutOfMemoryError that ComfyUI catches, with its real log lines; the process stays up). GET /history honours
-?max_items=N. GET /manager/reboot reboots like ComfyUI-Manager (see reboot_after); POST /standin/crash (test-only)
-prints a non-OOM traceback and exits 1.
+/features, /models, /view; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt /
+prompt_no_outputs / invalid_prompt for unknown class_type, and with mode `validate` prompt_outputs_failed_validation
+with node_errors; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}), /history ({"clear": true}),
+/interrupt (global, or {"prompt_id"} only if that prompt runs), /free, /upload/image. Prompts run one at a time in a
+worker thread for STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success with their outputs (or,
+with mode prompt_oom, as the torch.OutOfMemoryError that ComfyUI catches, with its real log lines; the process stays
+up). GET /history honours ?max_items=N. GET /manager/reboot reboots like ComfyUI-Manager (see reboot_after); POST
+/standin/crash (test-only) prints a non-OOM traceback and exits 1. Uploads, outputs, /view and validation:
+tests/standins/comfyui_files.py.
 
 Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT after start stops it gracefully
 (`Stopped server`, exit 0).
@@ -57,6 +59,7 @@ Modes (ARG in seconds unless said otherwise):
   no_ready_line        do not print the ready line (like --dont-print-server)
   prompt_oom           prompts fail with torch.OutOfMemoryError (logged with "Got an OOM"); the process stays up
   prompt_seconds:S     each prompt runs S                 sigint_delay:S        SIGINT: wait S before "Stopped server"
+  validate             POST /prompt checks required inputs, INT/FLOAT ranges and input files (400 with node_errors)
   progress             print a carriage-return progress bar while starting
 """
 
@@ -77,6 +80,10 @@ from typing import Any
 DATA = Path(__file__).resolve().parents[1] / "data" / "run"
 VERSION = "0.3.64"
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.standins import comfyui_files as files  # noqa: E402
 
 # (flag, kind, extra): store_true | value (type) | optional (const) | plus | star (choices) | choice (choices)
 _GROUPS: list[list[tuple[str, str, Any]]] = [
@@ -304,6 +311,7 @@ class State:
         stats["system"]["argv"] = ["main.py", *sys.argv[1:]]
         stats["system"]["comfyui_version"] = VERSION
         self.system_stats = stats
+        self.dirs = files.Dirs.from_args(args)
 
     def queue_json(self) -> dict[str, Any]:
         with self.lock:
@@ -314,7 +322,7 @@ class State:
             prompt_id = str(uuid.uuid4())
             number = self.number
             self.number += 1
-            outputs = [k for k, v in prompt.items() if v.get("class_type") in ("SaveImage", "PreviewImage")]
+            outputs = [k for k, v in prompt.items() if files.is_output_node(v.get("class_type", ""), self.object_info)]
             self.pending.append([number, prompt_id, prompt, extra, outputs])
             self.lock.notify_all()
             return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
@@ -333,6 +341,7 @@ class State:
             while time.monotonic() < deadline and not self.interrupted:
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
             prompt_id = item[1]
+            outputs: dict[str, Any] = {}
             if self.interrupted:
                 self.log("Processing interrupted")
                 status = {"status_str": "error", "completed": False,
@@ -355,11 +364,12 @@ class State:
                         "exception_type": "torch.OutOfMemoryError", "traceback": PROMPT_OOM_TRACEBACK[1:-1],
                         "current_inputs": {}, "current_outputs": []}]]}
             else:
+                outputs = files.write_outputs(item[2], prompt_id, self.dirs, self.object_info)
                 status = {"status_str": "success", "completed": True,
                           "messages": [["execution_start", {"prompt_id": prompt_id}],
                                        ["execution_success", {"prompt_id": prompt_id}]]}
             with self.lock:
-                self.history[prompt_id] = {"prompt": item, "outputs": {}, "status": status, "meta": {}}
+                self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": {}}
                 self.running = None
             self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
             record("prompt_done", prompt_id=prompt_id, ok=status["status_str"] == "success")
@@ -433,6 +443,13 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {prompt_id: entry} if entry else {})
             elif path == "/features":
                 self._json(200, json.loads((DATA / "features.json").read_text()))
+            elif path == "/view":
+                code, data = files.view(self.path.partition("?")[2], state.dirs)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             elif path == "/models":
                 self._json(200, ["checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision"])
             else:
@@ -441,6 +458,11 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             self._hang()
             path = self._path()
+            if path in ("/upload/image", "/upload/mask"):
+                length = int(self.headers.get("Content-Length") or 0)
+                code, answer = files.upload(self.headers.get("Content-Type", ""), self.rfile.read(length), state.dirs)
+                self._json(code, answer) if answer is not None else self._text(code, "")
+                return
             try:
                 body = self._body()
             except ValueError:
@@ -461,8 +483,15 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                         state.history.clear()
                 self._text(200, "")
             elif path == "/interrupt":
-                state.interrupted = True
-                state.log("Global interrupt (no prompt_id specified)")
+                target = body.get("prompt_id") if isinstance(body, dict) else None
+                with state.lock:
+                    running = state.running[1] if state.running else None
+                if target and target != running:
+                    state.log(f"Prompt {target} is not currently running, skipping interrupt")
+                else:
+                    state.interrupted = True
+                    state.log(f"Interrupting prompt {target}" if target else "Global interrupt (no prompt_id specified)")
+                record("interrupt", prompt_id=target, running=running, acted=not target or target == running)
                 self._text(200, "")
             elif path == "/free":
                 self._text(200, "")
@@ -494,10 +523,17 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                                                "details": f"Node ID '#{node_id}'", "extra_info": {}},
                                      "node_errors": {}})
                     return
-            if not any(n["class_type"] in ("SaveImage", "PreviewImage") for n in prompt.values()):
+            if not any(files.is_output_node(n["class_type"], state.object_info) for n in prompt.values()):
                 self._json(400, {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
                                            "details": "", "extra_info": {}}, "node_errors": {}})
                 return
+            if "validate" in state.modes:
+                node_errors = files.validate(prompt, state.object_info, state.dirs)
+                if node_errors:
+                    self._json(400, {"error": {"type": "prompt_outputs_failed_validation",
+                                               "message": "Prompt outputs failed validation", "details": "",
+                                               "extra_info": {}}, "node_errors": node_errors})
+                    return
             self._json(200, state.enqueue(prompt, body.get("extra_data", {})))
 
     return Handler
