@@ -118,7 +118,8 @@ def build(host: Host, context: Path, tag: str, sources: Path | None, log_file: P
     args = ["build", "--network=host", "--format=docker", "--layers", "-f", f"{context}/docker/Dockerfile",
             f"--build-arg=BASE_IMAGE={BASE}", f"--build-arg=TORCH_INDEX_URL={PYPI}",
             # pip inside the build trusts the host's CAs (a TLS-inspecting proxy): a RUN-time mount, not a layer.
-            f"--volume={host.inside(pip_dir)}:/run/host-pip:ro", f"--volume={host.inside(pip_dir)}/pip.conf:/etc/pip.conf:ro",
+            f"--volume={host.inside(pip_dir)}:/run/host-pip:ro",
+            f"--volume={host.inside(pip_dir)}/pip.conf:/etc/pip.conf:ro",
             *labels(), f"--tag={tag}"]
     if sources is not None:
         args += [f"--build-context=pack-sources={host.inside(sources)}", "--build-arg=ALLOW_SOURCE_GAPS=true"]

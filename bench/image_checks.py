@@ -19,7 +19,9 @@ CONTAINER = "comfyui-image-check"
 PORT = 18188
 # One node class of each pack, as registered in ComfyUI's /object_info.
 NODES = {"ComfyUI-WanVideoWrapper": "WanVideoSampler", "ComfyUI-KJNodes": "ImageConcatMulti",
-         "ComfyUI-VideoHelperSuite": "VHS_VideoCombine", "ComfyUI-WanAnimatePreprocess": "PoseAndFaceDetection"}
+         "ComfyUI-VideoHelperSuite": "VHS_VideoCombine", "ComfyUI-WanAnimatePreprocess": "PoseAndFaceDetection",
+         "ComfyUI-GGUF": "UnetLoaderGGUF", "VibeVoice-ComfyUI": "VibeVoiceSingleSpeakerNode",
+         "comfyui_controlnet_aux": "DWPreprocessor", "Comfyui_turbodiffusion": "TurboWanSampler"}
 STOP_BUDGET_S = 10.0  # docker stop's default timeout: the supervisor must be done well within it
 
 
@@ -110,7 +112,7 @@ class Checks:
                     f"{len(timed)} custom node imports timed, {len(failed)} IMPORT FAILED; not imported: {missing}; "
                     + " | ".join(line.strip() for line in timed))
         info = http_json(f"http://127.0.0.1:{PORT}/object_info") or {}
-        absent = [f"{pack}:{node}" for pack, node in NODES.items() if node not in info]
+        absent = [f"{pack}:{node}" for pack, node in NODES.items() if pack in self.packs and node not in info]
         self.record("each pack's nodes are registered (/object_info)", bool(info) and not absent,
                     f"{len(info)} node classes; absent: {absent}")
         formats = ((info.get("VHS_VideoCombine") or {}).get("input", {}).get("required", {}).get("format") or [[]])[0]
@@ -155,7 +157,8 @@ class Checks:
         """docker-compose.yml + docker-compose.cpu.yml: up, healthy, down; with podman-compose."""
         tool = ensure_venv(venv) / "podman-compose"
         self.host.podman("tag", self.image, "localhost/comfyui-pod-supervisor:latest")
-        files = ["-f", str(self.repo / "docker/docker-compose.yml"), "-f", str(self.repo / "docker/docker-compose.cpu.yml")]
+        files = ["-f", str(self.repo / "docker/docker-compose.yml"),
+                 "-f", str(self.repo / "docker/docker-compose.cpu.yml")]
         base = [str(tool), "--podman-path", str(self.host.wrapper()), "-p", "comfyui-image-check", *files]
         up = subprocess.run([*base, "up", "-d", "--no-build"], capture_output=True, text=True, timeout=600)
         if not self.record("compose up (docker-compose.yml + docker-compose.cpu.yml)", up.returncode == 0,
@@ -168,7 +171,8 @@ class Checks:
             "healthcheck", "run", name[0], check=False).returncode == 0, 300)
         answers = http_json("http://127.0.0.1:8188/system_stats")
         self.record("compose service healthy and ComfyUI on 8188", bool(healthy) and bool(answers),
-                    f"container {name}, healthy after {seconds:.1f} s, /system_stats {'ok' if answers else 'no answer'}")
+                    f"container {name}, healthy after {seconds:.1f} s, "
+                    f"/system_stats {'ok' if answers else 'no answer'}")
         started = time.monotonic()
         stop = subprocess.run([*base, "stop"], capture_output=True, text=True, timeout=120)
         code = json.loads(self.host.podman("inspect", name[0]).stdout)[0]["State"]["ExitCode"] if name else None

@@ -31,7 +31,8 @@ SAME_LIBRARIES = ["cudnn", "cublas", "nccl", "cusolver", "cusparse", "cufft", "c
 
 def wheel(name: str, version: str) -> dict:
     """The Linux x86_64 wheel (CPython 3.11 or pure Python) of name==version on PyPI: its simple-API record."""
-    request = urllib.request.Request(SIMPLE.format(name=name), headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(SIMPLE.format(name=name),
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
     prefix = f"{name.replace('-', '_')}-{version}-"
@@ -77,7 +78,8 @@ def main(path: Path) -> None:
     total = sum(parts.values())
     results["template_estimate"] = {"lower_bound_bytes": total, "parts": parts, "torch_251_wheels": stack,
                                     "ours_bytes": results["size"]["image_bytes"],
-                                    "ratio_ours_to_template_lower_bound": round(results["size"]["image_bytes"] / total, 3)}
+                                    "ratio_ours_to_template_lower_bound":
+                                        round(results["size"]["image_bytes"] / total, 3)}
     path.write_text(json.dumps(results, indent=2) + "\n")
     gib = 2**30
     for name, value in parts.items():

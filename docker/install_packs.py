@@ -2,7 +2,7 @@
 """Install ComfyUI and its node packs at the commits pinned in config/packs.toml (run by docker/Dockerfile).
 
     install_packs.py clone CONFIG [--sources DIR] [--allow-source-gaps] [--manifest FILE]
-    install_packs.py requirements CONFIG --constraints FILE [--extra REQUIREMENT ...]
+    install_packs.py requirements CONFIG --constraints FILE [--constraints FILE ...] [--extra REQUIREMENT ...]
     install_packs.py labels CONFIG
 
 clone: each pack is cloned from its repository URL, or from DIR/<folder name> when that exists (an air-gapped or
@@ -11,7 +11,8 @@ the real URL). The pinned commit is checked out on the default branch, HEAD must
 large file must be present, at least 4 MiB and identical to the commit's blob. A local source that lacks some of
 the commit's blobs (mirrors that drop files over a size limit) fails the build, unless --allow-source-gaps: then
 those files are left out by a sparse checkout and listed, in the log and in the manifest, as known gaps.
-requirements: one pip resolution for every pack's requirement files plus the extras, then `pip check`.
+requirements: one pip resolution for every pack's requirement files, its `pip` requirements and the extras, with
+the constraint files (docker/requirements.lock: the resolved set), then `pip check`.
 labels: the image labels that record the commits, one `key=value` per line.
 
 Standard library only (Python 3.11+): it runs before anything is installed.
@@ -32,7 +33,7 @@ from pathlib import Path, PurePosixPath
 LARGE_FILE_MIN_BYTES = 4 * 1024 * 1024
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_KEYS = {"repo", "commit", "folder", "requirements", "large_files"}
+_KEYS = {"repo", "commit", "folder", "requirements", "pip", "large_files", "note"}
 
 
 class PackError(Exception):
@@ -47,12 +48,13 @@ class Pack:
     folder: PurePosixPath
     requirements: tuple[str, ...] = ()
     large_files: tuple[str, ...] = ()
+    pip: tuple[str, ...] = ()  # requirements the pack needs but does not list
 
     def label(self, root: PurePosixPath) -> str:
         """io.comfyui.commit for ComfyUI itself, io.comfyui.<pack>.commit for a node pack."""
         if self.folder == root:
             return "io.comfyui.commit"
-        short = self.name.lower().removeprefix("comfyui-").replace("_", "-")
+        short = self.name.lower().replace("_", "-").removeprefix("comfyui-")
         return f"io.comfyui.{short}.commit"
 
 
@@ -99,9 +101,12 @@ def load_packs(path: Path) -> list[Pack]:
             raise PackError(f"{where}: commit must be the full 40-character lower-case id, got {commit!r}")
         if not folder.is_absolute() or folder.name != name:
             raise PackError(f"{where}: folder must be an absolute path ending in /{name}, got {str(folder)!r}")
+        pip = table.get("pip", [])
+        if not isinstance(pip, list) or not all(isinstance(r, str) and r.strip() for r in pip):
+            raise PackError(f"{where}: pip must be a list of requirement strings, got {pip!r}")
         packs.append(Pack(name, str(table["repo"]), commit, folder,
                           _strings(where, "requirements", table.get("requirements", [])),
-                          _strings(where, "large_files", table.get("large_files", []))))
+                          _strings(where, "large_files", table.get("large_files", [])), tuple(pip)))
     packs.sort(key=lambda p: len(p.folder.parts))
     root = packs[0].folder
     for pack in packs[1:]:
@@ -215,12 +220,14 @@ def requirement_args(packs: list[Pack]) -> list[str]:
             if not file.is_file():
                 raise PackError(f"{pack.name}: requirement file {file} does not exist at {pack.commit}")
             args += ["-r", str(file)]
+        args += pack.pip
     return args
 
 
-def install_requirements(packs: list[Pack], constraints: Path, extras: list[str]) -> None:
+def install_requirements(packs: list[Pack], constraints: list[Path], extras: list[str]) -> None:
     pip = [sys.executable, "-m", "pip"]
-    command = [*pip, "install", "--no-cache-dir", "-c", str(constraints), *requirement_args(packs), *extras]
+    command = [*pip, "install", "--no-cache-dir", *(a for c in constraints for a in ("-c", str(c))),
+               *requirement_args(packs), *extras]
     print("+ " + " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
         raise PackError("pip could not install the packs' requirements in one resolution (see above)")
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     clone_cmd.add_argument("--manifest", type=Path, help="write what was installed, from where, as JSON")
     req_cmd = commands.add_parser("requirements", help="install every pack's requirements in one resolution")
     req_cmd.add_argument("config", type=Path)
-    req_cmd.add_argument("--constraints", type=Path, required=True)
+    req_cmd.add_argument("--constraints", type=Path, action="append", required=True,
+                         help="a constraints file (repeatable)")
     req_cmd.add_argument("--extra", action="append", default=[], dest="extras", metavar="REQUIREMENT",
                          help="one more requirement for the same resolution (repeatable)")
     labels_cmd = commands.add_parser("labels", help="print the image labels that record the commits")
