@@ -47,6 +47,12 @@ def render(plan: Plan, command: tuple[str, ...] = ()) -> str:
             out.append(f"  {model.feature} after out of memory: {steps}")
     if plan.remembered:
         out.append(f"  {remembered_text(plan)}")
+    rows = [[m.feature, ", ".join(m.packs) or "-", m.workflow or "-", f"{m.vram_gib:g}" if m.vram_gib else "-"]
+            for m in plan.models]
+    if rows:
+        out.append("")
+        out.append("Features: node packs (pinned) and minimal workflows")
+        out += _table(["feature", "node packs", "workflow (workflows/)", "peak GiB"], rows)
     for budget in plan.vram_budget:
         out.append("")
         out.append(f"VRAM budget: {budget.feature} (GiB)")
@@ -86,7 +92,8 @@ def log_plan(plan: Plan) -> None:
                      "base_precision": model.knobs.base_precision, "load_device": model.knobs.load_device,
                      "text_encoder_device": model.knobs.text_encoder_device}
         log.info("plan.decision", feature=model.feature, variant=model.variant, offload=model.offload,
-                 reason=model.reason, knobs=knobs)
+                 reason=model.reason, knobs=knobs, packs=list(model.packs), workflow=model.workflow,
+                 vram_gib=model.vram_gib or None)
     for budget in plan.vram_budget:
         log.info("plan.vram_budget", feature=budget.feature, total_gib=budget.total_gib,
                  capacity_gib=budget.capacity_gib, fits=budget.fits)

@@ -40,14 +40,15 @@ class Sizer:
     """Sizes the variants of one runtime feature on one GPU."""
 
     def __init__(self, feature: Feature, catalog: Catalog, gpu: Gpu, ram_capacity: int, disk_left: int,
-                 present: Collection[str]):
+                 present: Collection[str], held: list[BudgetLine] | None = None):
         self.feature, self.files, self.c = feature, catalog.files, catalog.planner
         self.rt = feature.runtime
         assert self.rt is not None
         self.gpu, self.ram_capacity, self.disk_left, self.present = gpu, ram_capacity, disk_left, present
         self.capacity = gib(gpu.total)
         self.reserved = gib(gpu.reserved)
-        self.usable = self.capacity - self.reserved - self.c.cuda_context_gib
+        self.held = list(held or [])  # other processes' and resident features' VRAM: not the model's to use
+        self.usable = self.capacity - self.reserved - self.c.cuda_context_gib - sum(h.gib for h in self.held)
         self.headroom = max(self.c.headroom_min_gib, self.c.headroom_fraction * self.usable)
         self.budget = self.usable - self.headroom
 
@@ -115,7 +116,8 @@ class Sizer:
 
         others = ", ".join(f"{name} {value:.1f}" for name, value in phases.items() if name != phase)
         lines = [BudgetLine("driver reserved", round(self.reserved, 2), "NVML memory v2"),
-                 BudgetLine("CUDA context", self.c.cuda_context_gib, "ComfyUI's process at idle, measured on H200")]
+                 BudgetLine("CUDA context", self.c.cuda_context_gib, "ComfyUI's process at idle, measured on H200"),
+                 *self.held]
         if phase == "sampling":
             lines.append(BudgetLine(f"DiT {variant.name} resident", round(resident(shown_swap), 2),
                                     f"{rt.blocks - shown_swap} of {rt.blocks} blocks"

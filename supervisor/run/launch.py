@@ -101,6 +101,8 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     env = child_env(settings, environ, catalog)
     env[SESSION_ENV] = str(session)
     env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the log before a crash, not after
+    # comfyui_controlnet_aux reads its weights (DWPose, ...) from here: the catalogue puts them under annotators/.
+    env.setdefault("AUX_ANNOTATOR_CKPTS_PATH", str(Path(settings.models_dir).absolute() / "annotators"))
     if instance is not None and instance.cuda_visible_devices:
         env["CUDA_VISIBLE_DEVICES"] = instance.cuda_visible_devices  # its own GPU, as cuda:0
     port = instance.port if instance is not None else settings.comfyui_port
