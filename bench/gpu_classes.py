@@ -309,7 +309,7 @@ class Bench:
             for name, steps in self.prompts(key, first):
                 record["prompts"].append(self._prompt(base, name, steps))
             if self.args.oom_demo:
-                record["oom_demo"] = self._follow_step_down(base, events, record, status_port)
+                record["oom_demo"] = self._follow_step_down(base, events, record, status_port, proc)
         except Exception as exc:  # noqa: BLE001 - the record says what broke; the next class still runs
             record["failure"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -388,7 +388,8 @@ class Bench:
               f"{out['prompt_s']} s, peak {self._gib(out.get('nvml_process_peak_bytes'))} GiB", flush=True)
         return out
 
-    def _follow_step_down(self, base: str, events: Events, record: dict[str, Any], status_port: int) -> dict:
+    def _follow_step_down(self, base: str, events: Events, record: dict[str, Any], status_port: int,
+                          proc: subprocess.Popen) -> dict:
         """After an in-prompt OOM (the supervisor runs with OOM_STEP_DOWN=idle, OOM_STEP_DOWN_AFTER=1 and
         OOM_RETRY_PROMPT=true here): the supervisor's `comfyui.prompt_oom`, its `supervise.downgrade` to the next rung,
         ComfyUI ready again, and the retried prompt's outcome (`comfyui.prompt_retried`)."""
@@ -402,7 +403,7 @@ class Bench:
             ready = events.wait("supervise.ready", count=2, timeout=self.args.ready_timeout)
             out["ready_again_s"] = round(ready["_t"] - events.named("supervise.downgrade")[0]["_t"], 2)
             if self.sampler:
-                self.sampler.watch({self._comfy_pid_any()})
+                self.sampler.watch({self._comfy_pid(proc.pid)})
                 self.sampler.window()
             retried = events.wait("comfyui.prompt_retried", timeout=self.args.prompt_timeout)
             out["retried"] = _event(retried)
@@ -415,12 +416,6 @@ class Bench:
             out["status_oom"] = status.get("oom")
             out["plan_after"] = status.get("plan")
         return out
-
-    def _comfy_pid_any(self) -> int:
-        for p in psutil.process_iter(["cmdline"]):
-            if "main.py" in " ".join(p.info["cmdline"] or []) and str(self.comfy) in " ".join(p.info["cmdline"] or []):
-                return p.pid
-        return -1
 
     def _stop(self, proc: subprocess.Popen) -> None:
         try:
@@ -509,7 +504,8 @@ class Bench:
             self.ensure_files(planned["plan"]["downloads"])
             cap = None
             if self.args.oom_demo:
-                cap = int(planned["predicted_peak_bytes"] * self.args.oom_fraction) - self.cards[key]["reserved"]
+                cap = (int(planned["predicted_peak_bytes"] * self.args.oom_fraction) - self.cards[key]["reserved"]
+                       - self.context_bytes)
             record = self.run_class(key, planned, first=(i == 0), cap_override=cap)
             if i == 0 and record.get("idle", {}).get("context_bytes"):
                 self.context_bytes = record["idle"]["context_bytes"]
