@@ -5,7 +5,8 @@
 #   whl/           wheels the machine lacks: torchsde trampoline spandrel diffusers ftfy wcwidth gguf
 #                  imageio-ffmpeg (ffmpeg for VideoHelperSuite's MP4) structlog tenacity
 # PyAV is replaced by the import-only stand-in in bench/device_stubs when it is not installed (see there).
-# The Hub's files go to a tmpfs so that the disk holds only the volume's copy. Arguments go to gpu_classes.py.
+# The Hub's files go to a tmpfs so that the disk holds only the volume's copy. Arguments go to gpu_classes.py, or to
+# the bench named by BENCH_SCRIPT (per_gpu.py: one ComfyUI per GPU on a multi-GPU host).
 set -euo pipefail
 BUNDLE=${BUNDLE:-.devwork}
 OUT=${OUT:-$PWD/bench-out}
@@ -21,6 +22,6 @@ mountpoint -q $HUB || mount -t tmpfs -o size=80g tmpfs $HUB || HUB=/dev/shm/gc-h
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 df -h / $HUB | tail -2
 cd "$BUNDLE/repo"
-exec python3 bench/gpu_classes.py --comfyui-dir /tmp/comfy/ComfyUI --comfyui-python python3 \
+exec python3 "bench/${BENCH_SCRIPT:-gpu_classes.py}" --comfyui-dir /tmp/comfy/ComfyUI --comfyui-python python3 \
   --comfyui-args "--front-end-root /tmp/emptyweb --disable-api-nodes" --work /root/gpu-classes --hub-root $HUB \
   --out "$OUT" "$@"
