@@ -395,8 +395,8 @@ class Bench:
         ComfyUI ready again, and the retried prompt's outcome (`comfyui.prompt_retried`)."""
         first = record["prompts"][-1]
         out: dict[str, Any] = {"first_oom": first["oom"], "first_status": first["status"]}
-        if not first["oom"]:
-            return out
+        if not first["oom"] and not events.named("comfyui.prompt_oom"):
+            return out  # ("lost": the supervisor stepped down and restarted ComfyUI before /history was read)
         try:
             out["prompt_oom"] = _event(events.wait("comfyui.prompt_oom", timeout=60))
             out["downgrade"] = _event(events.wait("supervise.downgrade", timeout=120))

@@ -127,14 +127,20 @@ def run_prompt(base: str, name: str, prompt: dict[str, Any], timeout: float) -> 
     deadline = started + timeout
     entry: dict[str, Any] | None = None
     while time.time() < deadline:
-        code, history = http("GET", f"{base}/history/{prompt_id}")
+        try:
+            code, history = http("GET", f"{base}/history/{prompt_id}")
+        except (urllib.error.URLError, OSError):  # ComfyUI went away (the supervisor restarts it on a lower rung)
+            return PromptResult(name, prompt_id, "lost", time.time() - started)
         if isinstance(history, dict) and prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
             entry = history[prompt_id]
             if entry["status"].get("status_str") in ("success", "error"):
                 break
         time.sleep(0.5)
     seconds = time.time() - started
-    hook = http("GET", f"{base}/bench/state")[1]
+    try:
+        hook = http("GET", f"{base}/bench/state")[1]
+    except (urllib.error.URLError, OSError):
+        hook = {}
     hook = hook if isinstance(hook, dict) else {}
     events = hook.pop("events", [])
     if entry is None:

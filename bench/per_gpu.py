@@ -43,6 +43,8 @@ GIB = 1 << 30
 
 
 class PerGpu(Bench):
+    runs = 0
+
     def pod_plan(self, ports: list[int]) -> dict[str, Any]:
         env = {**self.env(ports[0], 8189), **self.pod_env(ports)}
         proc = subprocess.run([sys.executable, "-m", "supervisor", "plan", "--json", *self.hardware_args()], cwd=REPO,
@@ -92,6 +94,10 @@ class PerGpu(Bench):
     def workflow_for(self, index: int, name: str) -> dict[str, Any]:
         user = self.data / "user" if index == 0 else self.data / "instances" / f"comfyui-{index}" / "user"
         prompt = json.loads((user / "default" / "workflows_api" / f"{name}.json").read_text())
+        self.runs += 1
+        for node in prompt.values():  # a new seed each time: ComfyUI would answer an identical prompt from its cache
+            if isinstance(node["inputs"].get("seed"), int):
+                node["inputs"]["seed"] = 1000 + self.runs
         if self.args.size:
             width, height, frames = (int(x) for x in self.args.size.split("x"))
             for node in prompt.values():
