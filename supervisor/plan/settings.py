@@ -263,7 +263,17 @@ class Settings:
         group="supervise")
     status_addr: tuple[str, int] = var(
         "STATUS_ADDR", "127.0.0.1:8189", _address,
-        "HOST:PORT of the supervisor's `/healthz`, `/readyz` and `/status` endpoint.", group="supervise")
+        "HOST:PORT of the supervisor's status page (`/`), `/status`, `/metrics`, `/healthz` and `/readyz`.",
+        group="supervise")
+    status_public: bool = var(
+        "STATUS_PUBLIC", "false", parse_bool,
+        "Serve the status page on all interfaces (STATUS_ADDR's port), for RunPod's HTTP proxy or a compose port; "
+        "needs `STATUS_TOKEN`.", group="supervise")
+    status_token: Secret = var(
+        "STATUS_TOKEN", "", _secret,
+        "Token for the status page, `/status` and `/metrics` from other hosts (`?token=`, then a cookie; or "
+        "`Authorization: Bearer`). `/healthz` and `/readyz` stay open. Never logged.", group="supervise",
+        secret=True)
 
     # Downloads
     hf_token: Secret = var(
@@ -433,6 +443,10 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     if catalog is not None:
         features, feature_problems, warnings = select_features(environ, catalog)
         problems += feature_problems
+    if values.get("status_public") and not str(values.get("status_token") or ""):
+        problems.append(Problem("STATUS_TOKEN", "STATUS_PUBLIC=true serves the status page on every interface, "
+                                "and it needs a token there", "set STATUS_TOKEN (a RunPod secret: "
+                                "{{ RUNPOD_SECRET_status_token }}), or STATUS_PUBLIC=false"))
     if problems:
         raise ConfigError(problems, title="invalid environment")
     if values.get("enable_r2_sync"):

@@ -67,6 +67,17 @@ class ComfyClient:
     def history(self, prompt_id: str, timeout: float | None = None) -> dict[str, Any]:
         return self._get(f"/history/{prompt_id}", timeout).get(prompt_id, {})
 
+    def recent_history(self, max_items: int, timeout: float | None = None) -> dict[str, Any]:
+        """The newest `max_items` entries of /history, oldest first (an entry appears when its prompt is done)."""
+        response = self._http.get("/history", params={"max_items": max_items},
+                                  timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+        if response.status_code != 200:
+            raise ComfyError(f"GET /history: HTTP {response.status_code}")
+        body = response.json()
+        if not isinstance(body, dict):
+            raise ComfyError("GET /history: not a JSON object")
+        return body
+
     def interrupt(self) -> None:
         self._http.post("/interrupt", json={})
 

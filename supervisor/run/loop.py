@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Mapping
 
 import structlog
 
 from ..plan.context import Context
-from . import exits, workers
+from . import activity, exits, workers
+from .access import Access, bind_address
 from .fetchjob import FetchJob
 from .init import STOP_SIGNALS, Child, limit_malloc_arenas, release_free_memory, signal_name
 from .runtime import Runtime
@@ -73,6 +75,8 @@ class Supervisor:
         self.gave_up: dict[str, Any] | None = None
         self.was_ready = False
         self.server = None
+        self.activity = activity.Activity(self.status)
+        self.watch_stop = threading.Event()  # the activity watcher (queue, prompts, GPU memory)
 
     @property
     def plan(self):
@@ -84,13 +88,18 @@ class Supervisor:
 
     def run(self) -> int:
         self.rt.init.install()
-        self.server = start_server(self.settings.status_addr, self.status)
+        address = bind_address(self.settings)
+        self.server = start_server(address, self.status, Access.from_settings(self.settings))
         log.info("supervise.start", pid=os.getpid(), pid1=self.rt.init.pid1, subreaper=self.rt.init.subreaper,
-                 status_addr=f"{self.settings.status_addr[0]}:{self.settings.status_addr[1]}")
+                 status_addr=f"{address[0]}:{address[1]}")
         try:
             for unit in self.units:
                 self.units.make_plan(unit)
             self.sidecars.start_services()
+            workers.start(lambda: activity.watch(lambda: activity.answering_urls(self.status), self.rt.post,
+                                                 self.watch_stop,
+                                                 min(activity.POLL_INTERVAL, self.settings.health_interval)),
+                          "activity")
             self.start_fetch()
             if not self.sidecars.update_nodes():
                 self.launch_all()
@@ -121,6 +130,7 @@ class Supervisor:
         return self.shutdown.exit_code
 
     def close(self) -> None:
+        self.watch_stop.set()
         if self.server is not None:
             self.server.server_close()
         self.rt.close()
@@ -206,6 +216,8 @@ class Supervisor:
             self.units.on_prewarmed(m.data)
         elif m.kind == "drained":
             self.shutdown.on_drained(m.generation, m.data)
+        elif m.kind == "activity":
+            self.activity.on_message(m.data)
         else:
             unit = self.units.by_generation(m.generation)
             if unit is not None:  # else: about a ComfyUI that is gone

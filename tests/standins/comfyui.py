@@ -20,7 +20,8 @@ HTTP (each also under /api): GET /system_stats, /object_info[/{class}], /prompt,
 /features, /models; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt / prompt_no_outputs /
 invalid_prompt for unknown class_type; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}),
 /history ({"clear": true}), /interrupt, /free. Prompts run one at a time in a worker thread for
-STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or as a CUDA OOM error with mode prompt_oom).
+STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or as a CUDA OOM error with mode prompt_oom),
+with timestamped messages; a SaveImage node writes a file to --output-directory that the entry's outputs list.
 
 Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT after start stops it gracefully
 (`Stopped server`, exit 0).
@@ -34,6 +35,7 @@ Environment:
                        signal, orphan, escapee_pid, exiting (t, code)
   STANDIN_OBJECT_INFO  JSON file served as /object_info (default tests/data/run/object_info.json)
   STANDIN_PROMPT_SECONDS  seconds each prompt runs (default 0.05)
+  STANDIN_OUTPUT_BYTES    size of each file a SaveImage node writes (default 1000)
 
 Modes (ARG in seconds unless said otherwise):
   slow_start:S         sleep S before binding            crash_at_start[:CODE]  traceback, exit CODE (1) before binding
@@ -283,6 +285,11 @@ class State:
         stats = json.loads((DATA / "system_stats.json").read_text())
         stats["system"]["argv"] = ["main.py", *sys.argv[1:]]
         stats["system"]["comfyui_version"] = VERSION
+        if not args.cpu:  # what ComfyUI reports for a CUDA device (torch's view: total and free memory)
+            total, used = 25_757_220_864, 1_288_490_188
+            stats["devices"] = [{"name": "cuda:0 Stand-in GPU : cudaMallocAsync", "type": "cuda", "index": 0,
+                                 "vram_total": total, "vram_free": total - used, "torch_vram_total": 0,
+                                 "torch_vram_free": 0}]
         self.system_stats = stats
 
     def queue_json(self) -> dict[str, Any]:
@@ -308,7 +315,7 @@ class State:
                 self.running = item
                 self.interrupted = False
             self.log("got prompt")
-            started = time.monotonic()
+            started, started_ms = time.monotonic(), int(time.time() * 1000)
             deadline = started + self.prompt_seconds
             while time.monotonic() < deadline and not self.interrupted:
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
@@ -329,11 +336,36 @@ class State:
                 status = {"status_str": "success", "completed": True,
                           "messages": [["execution_start", {"prompt_id": prompt_id}],
                                        ["execution_success", {"prompt_id": prompt_id}]]}
+            outputs = self.save_images(item[2]) if status["status_str"] == "success" else {}
+            # Like ComfyUI: execution_start first, and every message carries a timestamp in ms.
+            if status["messages"][0][0] != "execution_start":
+                status["messages"].insert(0, ["execution_start", {"prompt_id": prompt_id}])
+            for kind, data in status["messages"]:
+                data["timestamp"] = started_ms if kind == "execution_start" else int(time.time() * 1000)
             with self.lock:
-                self.history[prompt_id] = {"prompt": item, "outputs": {}, "status": status, "meta": {}}
+                self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": {}}
                 self.running = None
             self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
             record("prompt_done", prompt_id=prompt_id, ok=status["status_str"] == "success")
+
+    def save_images(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """SaveImage nodes write `<prefix>_NNNNN_.png` (STANDIN_OUTPUT_BYTES bytes, default 1000) under the output
+        directory, like ComfyUI's counter, before the prompt's /history entry lists them."""
+        outputs: dict[str, Any] = {}
+        root = Path(self.args.output_directory or "output")
+        size = int(os.environ.get("STANDIN_OUTPUT_BYTES", "1000"))
+        for node_id, node in prompt.items():
+            if node.get("class_type") != "SaveImage":
+                continue
+            prefix = str((node.get("inputs") or {}).get("filename_prefix") or "ComfyUI")
+            subfolder, _, name = prefix.rpartition("/")
+            folder = root / subfolder
+            folder.mkdir(parents=True, exist_ok=True)
+            counter = 1 + sum(1 for p in folder.glob(f"{name}_*_.png"))
+            filename = f"{name}_{counter:05d}_.png"
+            (folder / filename).write_bytes(os.urandom(size))
+            outputs[node_id] = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+        return outputs
 
 
 def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
