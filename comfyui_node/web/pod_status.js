@@ -138,8 +138,8 @@ function drawPanel(root, s) {
   out.push(el("h3", {}, "Restarts"));
   const pairs = [["restarts", s.restarts], ["last exit", s.last_exit ? `${s.last_exit.class}: ${s.last_exit.message || ""}` : "none"]];
   if (s.oom && typeof s.oom === "object") {
-    pairs.push(["out of memory in prompts", s.oom.count ?? s.oom.total]);
-    for (const [rung, n] of Object.entries(s.oom.by_rung || {})) pairs.push([rung, typeof n === "object" ? JSON.stringify(n) : n]);
+    pairs.push(["out of memory in prompts", s.oom.in_prompt ?? s.oom.count ?? 0]);
+    for (const [rung, n] of Object.entries(s.oom.by_rung || {})) pairs.push([`on ${rung}`, n]);
   }
   out.push(table(pairs));
   if (s.outputs && s.outputs.enabled) {

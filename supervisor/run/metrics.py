@@ -106,28 +106,30 @@ class StatusCollector:
             info.add_metric([feature, str(model.get("variant")), str(model.get("offload")),
                              str(model.get("blocks_to_swap"))], 1.0)
 
-        # -- ComfyUI: up, ready, restarts, exits, out of memory ----------------------------------------------
-        comfy = s.get("comfyui") or {}
-        m.gauge("comfyui_up", "1 while ComfyUI answers its HTTP API",
-                1.0 if comfy.get("state") in ("answering", "ready") else 0.0)
-        m.gauge("comfyui_ready", "1 when ComfyUI and the pod are ready", float(bool(s.get("ready"))))
-        m.gauge("comfyui_liveness_failures", "Failed liveness checks in a row", comfy.get("liveness_failures") or 0)
-        m.counter("supervisor_comfyui_restarts", "ComfyUI restarts", (s.get("restarts") or {}).get("count") or 0)
+        # -- ComfyUI: up, ready, restarts, exits, out of memory (per instance with COMFYUI_PER_GPU) ---------
+        instances = [i for i in s.get("instances") or [] if isinstance(i, dict)] or [
+            {**(s.get("comfyui") or {}), "name": "comfyui", "ready": s.get("ready"), "restarts": s.get("restarts"),
+             "oom": s.get("oom")}]
+        up = m.family("gauge", "comfyui_up", "1 while ComfyUI answers its HTTP API", ["comfyui"])
+        ready = m.family("gauge", "comfyui_ready", "1 when this ComfyUI is ready", ["comfyui"])
+        failures = m.family("gauge", "comfyui_liveness_failures", "Failed liveness checks in a row", ["comfyui"])
+        restarts = m.family("counter", "supervisor_comfyui_restarts", "ComfyUI restarts", ["comfyui"])
+        ooms = m.family("counter", "supervisor_comfyui_prompt_oom",
+                        "Out-of-memory errors inside prompts (ComfyUI kept running), per plan rung", ["comfyui", "rung"])
+        for instance in instances:
+            name = str(instance.get("name") or "comfyui")
+            up.add_metric([name], 1.0 if instance.get("state") in ("answering", "ready") else 0.0)
+            ready.add_metric([name], float(bool(instance.get("ready"))))
+            failures.add_metric([name], float(instance.get("liveness_failures") or 0))
+            restarts.add_metric([name], float((instance.get("restarts") or {}).get("count") or 0))
+            oom = instance.get("oom")
+            if isinstance(oom, dict):
+                for rung_name, count in sorted((oom.get("by_rung") or {}).items()):
+                    ooms.add_metric([name, str(rung_name)], float(count or 0))
         exits = m.family("counter", "supervisor_comfyui_exits", "ComfyUI exits by class (oom, crash, killed, ...)",
                          ["class"])
         for klass, count in sorted((s.get("exit_counts") or {}).items()):
             exits.add_metric([klass], float(count))
-        oom = s.get("oom")
-        if isinstance(oom, dict):
-            per_rung = m.family("counter", "supervisor_comfyui_prompt_oom",
-                                "Out-of-memory errors inside prompts (ComfyUI kept running), per plan rung", ["rung"])
-            rungs = oom.get("by_rung") or oom.get("rungs") or {}
-            if isinstance(rungs, dict) and rungs:
-                for name, count in sorted(rungs.items()):
-                    value = count.get("count") if isinstance(count, dict) else count
-                    per_rung.add_metric([str(name)], float(value or 0))
-            elif isinstance(oom.get("count", oom.get("total")), (int, float)):
-                per_rung.add_metric(["all"], float(oom.get("count", oom.get("total"))))
 
         # -- queue, prompts, GPU memory (activity.py) --------------------------------------------------------
         activity = s.get("activity") or {}

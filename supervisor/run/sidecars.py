@@ -1,5 +1,6 @@
-"""The pod's side processes under the loop: the services (sshd, JupyterLab; services.py says what each is) and
-the `git pull` of every custom node (UPDATE_NODES_ON_START) that ComfyUI waits for, at most NODE_UPDATE_DEADLINE.
+"""The pod's side processes under the loop: the services (sshd, JupyterLab, or on a serverless worker the RunPod
+handler; services.py says what each is) and the `git pull` of every custom node (UPDATE_NODES_ON_START) that
+ComfyUI waits for, at most NODE_UPDATE_DEADLINE.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ class Sidecars:
 
     def start_services(self) -> None:
         env = self.env()
-        for make in (services.sshd, services.jupyter):
+        makers = (services.sshd, services.jupyter)
+        if self.settings.serverless:
+            log.info("services.serverless", message="SERVERLESS=true: the RunPod worker takes jobs once the pod is "
+                     "ready; sshd and JupyterLab are not started")
+            makers = (services.serverless_worker,)
+        for make in makers:
             try:
                 service = make(self.settings, self.rt.environ, env)
             except OSError as exc:

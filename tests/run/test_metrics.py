@@ -47,7 +47,7 @@ def test_the_collector_turns_the_status_into_metrics():
     status.append_exit({"class": "oom"})
     status.append_exit({"class": "crash"})
     status.append_exit({"class": "oom"})
-    status.set(restarts={"count": 3}, oom={"count": 3, "by_rung": {"fp8/model_cpu_offload/12": 2, "gguf:Q6_K/x/1": 1}},
+    status.set(restarts={"count": 3}, oom={"in_prompt": 3, "by_rung": {"fp8/model_cpu_offload/12": 2, "gguf:Q6_K/x/1": 1}},
                services={"sshd": {"state": "running", "restarts": 1}},
                outputs={"enabled": True, "uploaded": 4, "uploaded_bytes": 4096, "failures": 1, "pending": 2,
                         "current": {"file": "x.mp4", "size": 10}},
@@ -71,12 +71,12 @@ def test_the_collector_turns_the_status_into_metrics():
     assert got[("supervisor_fetch_state", (("state", "running"),))] == 1
     assert got[("supervisor_comfyui_exits_total", (("class", "oom"),))] == 2
     assert got[("supervisor_comfyui_exits_total", (("class", "crash"),))] == 1
-    assert got[("supervisor_comfyui_restarts_total", ())] == 3
-    assert got[("supervisor_comfyui_prompt_oom_total", (("rung", "fp8/model_cpu_offload/12"),))] == 2
+    assert got[("supervisor_comfyui_restarts_total", (("comfyui", "comfyui"),))] == 3
+    assert got[("supervisor_comfyui_prompt_oom_total", (("comfyui", "comfyui"), ("rung", "fp8/model_cpu_offload/12")))] == 2
     assert got[("supervisor_plan_rung", (("feature", "steadydancer"),))] == 1
     assert got[("supervisor_plan_model_info", (("blocks_to_swap", "12"), ("feature", "steadydancer"),
                                                ("offload", "model_cpu_offload"), ("variant", "fp8")))] == 1
-    assert got[("comfyui_up", ())] == 1 and got[("comfyui_ready", ())] == 0
+    assert got[("comfyui_up", (("comfyui", "comfyui"),))] == 1 and got[("comfyui_ready", (("comfyui", "comfyui"),))] == 0
     assert got[("comfyui_queue_pending", ())] == 2 and got[("comfyui_queue_running", ())] == 1
     assert got[("comfyui_prompts_total", (("status", "success"),))] == 1
     assert got[("comfyui_prompt_duration_seconds_bucket", (("le", "30.0"), ("status", "success")))] == 0
@@ -171,7 +171,7 @@ def test_a_real_prometheus_scrapes_the_series(pod, supervisor, tmp_path):
         assert float(gpu[0]["value"][1]) == 25_757_220_864 and gpu[0]["metric"]["gpu"] == "0"
         used = prometheus.wait("comfyui_gpu_memory_used_bytes")
         assert 0 < float(used[0]["value"][1]) < 25_757_220_864
-        for expr in ("comfyui_up == 1", "comfyui_ready == 1", "supervisor_ready == 1",
+        for expr in ('comfyui_up{comfyui="comfyui"} == 1', "comfyui_ready == 1", "supervisor_ready == 1",
                      "supervisor_download_size_bytes", "supervisor_download_files_verified",
                      'supervisor_fetch_state{state="done"} == 1', "supervisor_comfyui_restarts_total == 0",
                      'supervisor_phase_seconds_total{phase="ready"} > 0', "supervisor_startup_phase_seconds",
