@@ -1,7 +1,8 @@
 """The operator's view against a real ComfyUI: `supervisor run` launches a real ComfyUI (CPU) that has this
 project's `comfyui_node` in custom_nodes, while the plan's files download from the stand-in Hub over a slow link;
 headless Chromium (playwright-core + Debian's chromium) takes screenshots of the supervisor's status page and of
-ComfyUI's own page (the download banner and the "Pod" panel), during the download and after.
+ComfyUI's own page (the download banner and the "Pod" panel), during the download and after; a prompt's output
+goes to a moto S3 server through ENABLE_R2_SYNC.
 
     python bench/operator_view.py --comfyui-dir /tmp/ComfyUI --python /tmp/venv/bin/python \
         --playwright /tmp/pw/node_modules --out docs
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.run.conftest import Pod, present_plan_files  # noqa: E402
 from tests.standins.hub import Hub, TokenBucket  # noqa: E402
+from tests.standins.s3 import KEY_ID, REGION, SECRET as S3_SECRET, S3Server  # noqa: E402
 
 MB = 1_000_000
 # The pod the plan is made for (simulated: ComfyUI itself runs on the CPU); a fixed disk keeps the plan stable.
@@ -97,6 +99,8 @@ def main() -> int:
     summary: dict = {"date": datetime.date.today().isoformat(), "comfyui_dir": str(args.comfyui_dir),
                      "link_mb_per_s": args.link_mb}
     proc = None
+    s3 = S3Server.start()  # moto: the outputs go to a real S3-protocol server
+    s3.create_bucket("pod-outputs")
     try:
         with Hub(root / "hub", lfs_threshold=100_000) as hub:
             rng = random.Random(3)
@@ -118,7 +122,9 @@ def main() -> int:
                    "COMFYUI_ARGS": "--cpu", "STATUS_ADDR": f"127.0.0.1:{status_port}", "HF_ENDPOINT": hub.url,
                    "HF_TOKEN": SECRET, "SUPERVISOR_CATALOG": str(catalog), "ENABLE_DEMO": "true",
                    "DISK_RESERVE_GB": "0", "CHECK_WORKFLOWS": "false", "STARTUP_TIMEOUT": "300",
-                   "DOWNLOAD_CONNECTIONS": "4"}
+                   "DOWNLOAD_CONNECTIONS": "4", "ENABLE_R2_SYNC": "true", "R2_ENDPOINT": s3.url,
+                   "R2_BUCKET": "pod-outputs", "R2_ACCESS_KEY_ID": KEY_ID, "R2_SECRET_ACCESS_KEY": S3_SECRET,
+                   "R2_REGION": REGION, "RUNPOD_POD_ID": "bench-pod"}
             settings = root / "data" / "user" / "default" / "comfy.settings.json"
             settings.parent.mkdir(parents=True)
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no first-visit templates dialog
@@ -153,15 +159,15 @@ def main() -> int:
             import httpx
 
             httpx.post(f"{comfy_url}/prompt", json={"prompt": PROMPT}, timeout=10, trust_env=False).raise_for_status()
-            wait(lambda: ((get_json(f"{status_url}/status").get("activity") or {}).get("prompts") or {}).get(
-                "finished"), 120)
+            wait(lambda: (get_json(f"{status_url}/status").get("outputs") or {}).get("uploaded"), 120)
+            summary["bucket_keys"] = s3.keys("pod-outputs")
             summary["status_page_ready"] = screens(args, "page", status_url + "/",
                                                    str(args.out / "status-page-ready.png"))
             summary["comfyui_ready"] = screens(args, "comfyui", comfy_url + "/", str(args.out / "comfyui-ready"),
                                                "--no-banner", "--panel")
             texts = json.dumps(summary) + json.dumps(get_json(f"{status_url}/status"))
             texts += subprocess.run(["curl", "-s", f"{status_url}/metrics"], capture_output=True, text=True).stdout
-            summary["secret_shown"] = SECRET in texts
+            summary["secret_shown"] = SECRET in texts or S3_SECRET in texts
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -169,6 +175,7 @@ def main() -> int:
                 summary["supervisor_exit"] = proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        s3.stop()
         if node_link.is_symlink():
             node_link.unlink()
         if (root / "supervisor.log").exists():  # the supervisor's events, to look at after a failed run

@@ -144,7 +144,8 @@ function drawPanel(root, s) {
   out.push(table(pairs));
   if (s.outputs && s.outputs.enabled) {
     out.push(el("h3", {}, "Outputs to object storage"));
-    out.push(table([["uploaded", `${s.outputs.uploaded || 0} files`], ["queued", s.outputs.pending],
+    out.push(table([["uploaded", `${s.outputs.uploaded || 0} file${s.outputs.uploaded === 1 ? "" : "s"}`],
+                    ["queued", s.outputs.pending],
                     ["failures", s.outputs.failures]]));
   }
   root.replaceChildren(el("div", {class: "pod-sv-panel"}, out));

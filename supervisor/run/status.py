@@ -158,14 +158,15 @@ class _Handler(BaseHTTPRequestHandler):
                                           "or open /?token=<token> once in a browser"},
                            [("WWW-Authenticate", 'Bearer realm="supervisor"')])
         elif path == "/status":
-            self._send(200, status.snapshot())
+            # Every value is already free of secrets (they never reach the state); scrub once more regardless.
+            self._bytes(200, logs.scrub(json.dumps(status.snapshot(), default=str)).encode(), "application/json", [])
         elif path == "/":
             self._bytes(200, _page("status.html"), "text/html; charset=utf-8", [("Content-Security-Policy", _CSP)])
         elif path == "/metrics":
             from .metrics import render
 
             body, content_type = render(status)
-            self._bytes(200, body, content_type, [])
+            self._bytes(200, logs.scrub(body.decode()).encode(), content_type, [])
         else:
             self._send(404, {"error": f"no route {path}; try /, /status, /metrics, /healthz or /readyz"})
 

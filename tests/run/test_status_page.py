@@ -241,3 +241,24 @@ def test_recent_warnings_are_kept_redacted_and_bounded():
         log.warning("test.flood", i=i)
     recent, _ = logs.recent_events()
     assert len(recent) == logs.RECENT_KEEP and json.loads(recent[-1]["fields"])["i"] == logs.RECENT_KEEP + 4
+
+
+def test_status_and_metrics_are_scrubbed_even_if_a_secret_reached_the_state():
+    from supervisor.run.status import Status, start_server
+
+    from .conftest import free_port
+
+    secret = "leaked-secret-value-0427"
+    logs.register_secret(secret)
+    status = Status()
+    status.append_exit({"class": "crash", "message": f"RuntimeError: bad key {secret}"})
+    status.set(services={f"svc-{secret}": {"state": "running"}})
+    port = free_port()
+    server = start_server(("127.0.0.1", port), status)
+    try:
+        text = get(f"http://127.0.0.1:{port}/status").text
+        metrics_text = get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        server.server_close()
+    assert "RuntimeError: bad key ***" in text and secret not in text
+    assert 'service="svc-***"' in metrics_text and secret not in metrics_text
