@@ -308,8 +308,9 @@ class Settings:
         group="supervise")
     status_public: bool = var(
         "STATUS_PUBLIC", "false", parse_bool,
-        "Serve the status page on all interfaces (STATUS_ADDR's port), for RunPod's HTTP proxy or a compose port; "
-        "needs `STATUS_TOKEN`.", group="supervise")
+        "Serve the status page and endpoints off loopback: on all interfaces at STATUS_ADDR's port (or at "
+        "STATUS_ADDR when that is not loopback), for RunPod's HTTP proxy, a compose port or Kubernetes probes. Set "
+        "`STATUS_TOKEN` with it; without one everything is open (a warning says so).", group="supervise")
     status_token: Secret = var(
         "STATUS_TOKEN", "", _secret,
         "Token for the status page, `/status` and `/metrics` from other hosts (`?token=`, then a cookie; or "
@@ -527,10 +528,6 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     if catalog is not None:
         features, feature_problems, warnings = select_features(environ, catalog)
         problems += feature_problems
-    if values.get("status_public") and not str(values.get("status_token") or ""):
-        problems.append(Problem("STATUS_TOKEN", "STATUS_PUBLIC=true serves the status page on every interface, "
-                                "and it needs a token there", "set STATUS_TOKEN (a RunPod secret: "
-                                "{{ RUNPOD_SECRET_status_token }}), or STATUS_PUBLIC=false"))
     if values.get("enable_r2_sync") and not str(values.get("r2_bucket") or ""):
         problems.append(Problem("R2_BUCKET", "ENABLE_R2_SYNC=true needs the bucket to upload the outputs to",
                                 "set R2_BUCKET (and R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY for R2), "
@@ -540,6 +537,11 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     settings_problems = _port_problems(values)
     if settings_problems:
         raise ConfigError(settings_problems, title="invalid environment")
+    if values.get("status_public") and not str(values.get("status_token") or ""):
+        warnings.append("STATUS_PUBLIC=true without STATUS_TOKEN: the status page, /status and /metrics are open to "
+                        "anyone who reaches the port (no secret is on them, but the plan, file names and recent "
+                        "warnings are); set STATUS_TOKEN (on RunPod a secret: {{ RUNPOD_SECRET_status_token }}) unless "
+                        "this is a network you trust")
     if values.get("serverless"):
         off = [name for name, attr in (("PUBLIC_KEY", "public_key"), ("JUPYTER_PASSWORD", "jupyter_password"))
                if values.get(attr)]

@@ -1,8 +1,9 @@
 """Who may read the status page, `/status` and `/metrics`, and on which address the server listens.
 
 By default the server listens on STATUS_ADDR (loopback), so only the pod itself can ask. `STATUS_PUBLIC=true`
-binds every interface on STATUS_ADDR's port (RunPod's HTTP proxy, a compose port) and then everything except
-`/healthz` and `/readyz` needs `STATUS_TOKEN` (the settings refuse STATUS_PUBLIC without one):
+binds every interface on STATUS_ADDR's port (RunPod's HTTP proxy, a compose port; a non-loopback STATUS_ADDR, as
+Kubernetes sets for its probes, is kept). With `STATUS_TOKEN` set, everything except `/healthz` and `/readyz`
+then needs the token from other hosts (without one, everything is open and the settings warn):
 
 * `Authorization: Bearer <token>` (scripts, Prometheus' `authorization` block);
 * the page's login form (POST /login), or `?token=<token>` once in a link: answered with a redirect to the page
@@ -28,9 +29,10 @@ _COOKIE_LABEL = b"comfyui-pod-supervisor status cookie v1"
 
 
 def bind_address(settings: Any) -> tuple[str, int]:
-    """Where the status server listens: STATUS_ADDR, or every interface on its port with STATUS_PUBLIC."""
+    """Where the status server listens: STATUS_ADDR; with STATUS_PUBLIC and a loopback STATUS_ADDR, every
+    interface on its port."""
     host, port = settings.status_addr
-    if getattr(settings, "status_public", False):
+    if getattr(settings, "status_public", False) and _loopback(host if host != "localhost" else "127.0.0.1"):
         return "0.0.0.0", port
     return host, port
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from supervisor import logs
-from supervisor.errors import ConfigError
 from supervisor.plan.settings import load_settings
 from tests import browser
 from tests.standins.hub import Hub, TokenBucket
@@ -213,11 +212,18 @@ def test_public_status_needs_the_token_except_for_the_probes(pod, supervisor):
         assert secret not in printed and secret not in status_text
 
 
-def test_public_status_without_a_token_is_a_configuration_error(catalog=None):
-    with pytest.raises(ConfigError, match="STATUS_TOKEN"):
-        load_settings({"STATUS_PUBLIC": "true"})
+def test_public_status_without_a_token_is_open_with_a_warning():
+    settings = load_settings({"STATUS_PUBLIC": "true"})
+    assert any("STATUS_PUBLIC=true without STATUS_TOKEN" in w for w in settings.warnings)
     settings = load_settings({"STATUS_PUBLIC": "true", "STATUS_TOKEN": STATUS_TOKEN})
+    assert not any("STATUS_TOKEN" in w for w in settings.warnings)
     assert STATUS_TOKEN in settings.secrets() and STATUS_TOKEN not in repr(settings)
+    # Where it listens: every interface at STATUS_ADDR's port, or STATUS_ADDR itself when that is not loopback.
+    from supervisor.run.access import bind_address
+
+    assert bind_address(load_settings({"STATUS_PUBLIC": "true", "STATUS_ADDR": "127.0.0.1:9100"})) == ("0.0.0.0", 9100)
+    assert bind_address(load_settings({"STATUS_PUBLIC": "true", "STATUS_ADDR": "0.0.0.0:8189"})) == ("0.0.0.0", 8189)
+    assert bind_address(load_settings({"STATUS_ADDR": "127.0.0.1:9100"})) == ("127.0.0.1", 9100)
 
 
 def test_recent_warnings_are_kept_redacted_and_bounded():
@@ -262,3 +268,23 @@ def test_status_and_metrics_are_scrubbed_even_if_a_secret_reached_the_state():
         server.server_close()
     assert "RuntimeError: bad key ***" in text and secret not in text
     assert 'service="svc-***"' in metrics_text and secret not in metrics_text
+
+
+def test_without_a_token_a_public_status_is_open_and_with_one_it_is_not():
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("no non-loopback address on this machine")
+    from supervisor.run.access import Access
+    from supervisor.run.status import Status, start_server
+
+    from .conftest import free_port
+
+    for token, expected in (("", 200), (STATUS_TOKEN, 401)):
+        port = free_port()
+        server = start_server(("0.0.0.0", port), Status(), Access(token))
+        try:
+            assert get(f"http://{outside}:{port}/status").status_code == expected
+            assert get(f"http://{outside}:{port}/metrics").status_code == expected
+            assert get(f"http://{outside}:{port}/healthz").status_code == 200
+        finally:
+            server.server_close()
