@@ -72,3 +72,10 @@ def test_no_supervisor_secret_or_build_arg_token(workflow):
     for name in secret_variables():
         assert name not in text, f"{name} must not be passed to the build (image history keeps build args)"
     assert "build-args" not in build_step(workflow)["with"]
+
+
+def test_pack_commits_become_labels(workflow):
+    step = next(s for s in steps(workflow, "image") if s.get("id") == "packs")
+    assert "python3 docker/install_packs.py labels config/packs.toml" in step["run"]
+    assert "${{ steps.packs.outputs.labels }}" in build_step(workflow)["with"]["labels"]
+    assert "${{ steps.meta.outputs.labels }}" in build_step(workflow)["with"]["labels"]
