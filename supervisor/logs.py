@@ -96,7 +96,10 @@ class _StdlibBridge(logging.Handler):
         except Exception:  # a library's bad format string must not kill the daemon
             message = str(record.msg)
         log = structlog.get_logger("lib").bind(source=record.name)
-        getattr(log, record.levelname.lower(), log.warning)(message)
+        try:
+            getattr(log, record.levelname.lower(), log.warning)(message)
+        except (OSError, ValueError):  # the stream is gone (closed stderr): a library's log must not raise
+            pass
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -4,6 +4,7 @@ proxy that goes down and comes back: each file once, markers and the pending jou
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import threading
@@ -13,12 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from supervisor import logs
 from supervisor.outputs import sync
 from tests.standins.s3 import KEY_ID, REGION, SECRET, FlakyProxy, S3Server
 
 pytest.importorskip("boto3")
 pytestmark = pytest.mark.timeout(90)
-BUCKET = "pod-outputs"
+BUCKET = "pod-outputs-sync-unit"  # moto keeps one store per process: a name no other test uses
 MiB = 1024 * 1024
 
 
@@ -29,6 +31,14 @@ def s3():
     server.client().put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def log_stream():
+    """The worker logs from its thread: to a stream of this test's own (another test's may be closed by now)."""
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    yield stream
 
 
 @pytest.fixture(autouse=True)

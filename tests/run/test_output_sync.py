@@ -4,21 +4,23 @@ keeps every version of an object, so "uploaded exactly once" is counted by the s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from supervisor import logs
 from tests.standins.s3 import KEY_ID, REGION, SECRET, FlakyProxy, S3Server
 
 pytest.importorskip("boto3")
 pytestmark = pytest.mark.timeout(120)
-BUCKET = "pod-outputs"
 POD = "pod-e2e-1"
 # Failures show quickly: Store gives up after 2 fast tries, a failed file is tried again after 0.3-1 s.
 QUICK = ("import supervisor.outputs.sync as s\n"
@@ -38,33 +40,46 @@ def queue(pod, graph: dict) -> str:
     return answer.json()["prompt_id"]
 
 
-def versions(s3: S3Server, key: str) -> int:
-    listing = s3.client().list_object_versions(Bucket=BUCKET, Prefix=key)
+def versions(s3: S3Server, bucket: str, key: str) -> int:
+    listing = s3.client().list_object_versions(Bucket=bucket, Prefix=key)
     return sum(1 for v in listing.get("Versions", []) if v["Key"] == key)
+
+
+@pytest.fixture(autouse=True)
+def log_stream():
+    """moto (in this process) logs through the supervisor's logging: to a stream of this test's own."""
+    logs.configure("info", "json", io.StringIO())
+
+
+def new_bucket(server: S3Server) -> str:
+    """moto keeps one store per process: every test gets a bucket of its own, keeping every version."""
+    name = f"pod-outputs-{uuid.uuid4().hex[:8]}"
+    server.create_bucket(name)
+    server.client().put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
 
 
 @pytest.fixture
 def bucket():
     server = S3Server.start()
-    server.create_bucket(BUCKET)
-    server.client().put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    name = new_bucket(server)
     proxy = FlakyProxy(server.port)
-    yield server, proxy
+    yield server, proxy, name
     proxy.close()
     server.stop()
 
 
 @pytest.fixture
 def sync_pod(pod, bucket):
-    server, proxy = bucket
-    pod.env.update(ENABLE_R2_SYNC="true", R2_ENDPOINT=proxy.url, R2_BUCKET=BUCKET, R2_ACCESS_KEY_ID=KEY_ID,
+    server, proxy, name = bucket
+    pod.env.update(ENABLE_R2_SYNC="true", R2_ENDPOINT=proxy.url, R2_BUCKET=name, R2_ACCESS_KEY_ID=KEY_ID,
                    R2_SECRET_ACCESS_KEY=SECRET, R2_REGION=REGION, R2_PREFIX="outputs/{pod}", RUNPOD_POD_ID=POD,
                    ENABLE_STEADYDANCER="false")
     return pod
 
 
 def test_an_output_arrives_exactly_once_across_a_supervisor_restart(sync_pod, bucket, supervisor):
-    server, proxy = bucket
+    server, proxy, name = bucket
     pod = sync_pod
     output = Path(pod.env["COMFYUI_DATA_DIR"]) / "output"
     state = Path(pod.env["COMFYUI_DATA_DIR"]) / ".supervisor" / "uploads"
@@ -91,7 +106,7 @@ def test_an_output_arrives_exactly_once_across_a_supervisor_restart(sync_pod, bu
     pending = [json.loads(p.read_text())["file"] for p in (state / "pending").glob("*.json")]
     assert pending == ["sync/second_00001_.png"]
     (state / "pending" / "stale.json").write_text(json.dumps({"file": "sync/first_00001_.png", "prompt_id": "x"}))
-    assert server.keys(BUCKET) == [f"outputs/{POD}/sync/first_00001_.png"]
+    assert server.keys(name) == [f"outputs/{POD}/sync/first_00001_.png"]
 
     # Run 2, the store back: the pending file goes up, the first is not sent again, a new one goes up.
     proxy.up()
@@ -108,10 +123,10 @@ def test_an_output_arrives_exactly_once_across_a_supervisor_restart(sync_pod, bu
     run2.send(signal.SIGTERM)
     assert run2.wait() == 143
 
-    for name in ("first", "second", "third"):
-        key = f"outputs/{POD}/sync/{name}_00001_.png"
-        assert versions(server, key) == 1, f"{key} uploaded {versions(server, key)} times"
-        assert server.get(BUCKET, key) == (output / f"sync/{name}_00001_.png").read_bytes()
+    for which in ("first", "second", "third"):
+        key = f"outputs/{POD}/sync/{which}_00001_.png"
+        assert versions(server, name, key) == 1, f"{key} uploaded {versions(server, name, key)} times"
+        assert server.get(name, key) == (output / f"sync/{which}_00001_.png").read_bytes()
     assert not list((state / "pending").glob("*.json"))
     printed = "".join(run.raw + run.stderr + run2.raw + run2.stderr)
     assert SECRET not in printed and SECRET not in page
@@ -145,10 +160,10 @@ class SlowProxy(FlakyProxy):
 
 def test_shutdown_waits_for_the_upload_in_flight(pod, supervisor):
     server = S3Server.start()
-    server.create_bucket(BUCKET)
+    name = new_bucket(server)
     proxy = SlowProxy(server.port)
     try:
-        pod.env.update(ENABLE_R2_SYNC="true", R2_ENDPOINT=proxy.url, R2_BUCKET=BUCKET, R2_ACCESS_KEY_ID=KEY_ID,
+        pod.env.update(ENABLE_R2_SYNC="true", R2_ENDPOINT=proxy.url, R2_BUCKET=name, R2_ACCESS_KEY_ID=KEY_ID,
                        R2_SECRET_ACCESS_KEY=SECRET, R2_REGION=REGION, R2_PREFIX="slow", ENABLE_STEADYDANCER="false",
                        SHUTDOWN_GRACE="8")
         inputs = Path(pod.env["COMFYUI_DATA_DIR"]) / "input"
@@ -168,7 +183,7 @@ def test_shutdown_waits_for_the_upload_in_flight(pod, supervisor):
         # Still in flight when the stop came; finished before the supervisor exited.
         assert stopping["timestamp"] < uploaded["timestamp"] <= exit_event["timestamp"]
         assert uploaded["bytes"] == 8_000_000
-        assert server.get(BUCKET, "slow/video/clip_00001_.png") == (inputs / "big.png").read_bytes()
+        assert server.get(name, "slow/video/clip_00001_.png") == (inputs / "big.png").read_bytes()
     finally:
         proxy.close()
         server.stop()
