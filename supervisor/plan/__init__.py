@@ -1,6 +1,7 @@
 """Environment + catalogue + hardware -> Plan. `settings` parses the environment, `catalog` the model catalogue,
 `hardware` probes (or simulates) the machine, `volume` says what is already downloaded, `planner` decides (a pure
-function), `types` holds the plan's data, `report` prints it, `context` loads all of it together."""
+function; `sizing` says how much GPU memory a DiT variant needs in each phase), `types` holds the plan's data,
+`report` prints it, `context` loads all of it together."""
 
 from .catalog import Catalog, load_catalog
 from .context import Context, HardwareOptions, load_context

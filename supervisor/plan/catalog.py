@@ -79,8 +79,12 @@ class Runtime:
 
     blocks: int = 40
     nonblock_fraction: float = 0.02  # embeddings and head, never swapped
-    activation_gib: float = 3.0  # sampling working set at the reference resolution
-    decode_gib: float = 2.5  # VAE decode working set (tiled decode needs less)
+    activation_gib: float = 3.0  # sampling working set at the reference resolution (a variant may override it)
+    decode_gib: float = 2.5  # VAE decode working set, untiled
+    decode_tiled_gib: float = 2.0  # VAE decode working set, tiled
+    merged_load_factor: float = 1.0  # GPU memory of loading (main_device) with the LoRA merged, in DiT sizes
+    text_encoder_overhead_gib: float = 0.0  # on top of the text encoder's file while it encodes on the GPU
+    pose_gib: float = 0.0  # pose models on onnxruntime's CUDA provider
     lora_file: str | None = None  # an unmerged LoRA that stays beside the model
 
 
@@ -95,6 +99,7 @@ class Variant:
     description: str = ""
     vram_gib: float = 0.0  # peak VRAM of the feature's workflow with this variant (0: the feature's figure)
     refused: str = ""  # why the plan will not run this variant (no loader reads it, ...)
+    activation_gib: float | None = None  # sampling working set, if not the runtime's
 
 
 @dataclass(frozen=True)
@@ -445,7 +450,7 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
             name=vname, family=ventry.get("family", str, vname.split(":")[0]), files=vfiles, dit=dit,
             precision=ventry.get("precision", str, "bf16"), quantization=ventry.get("quantization", str, "disabled"),
             description=ventry.get("description", str, ""), vram_gib=ventry.get("vram_gib", float, 0.0),
-            refused=ventry.get("refused", str, ""))
+            refused=ventry.get("refused", str, ""), activation_gib=ventry.get("activation_gib", float))
         ventry.finish()
     runtime = None
     if "runtime" in entry.data:

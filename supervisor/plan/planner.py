@@ -1,10 +1,14 @@
 """(Settings, Catalog, Hardware, files present) -> Plan. A pure function: no I/O, no clock, no environment.
 
-Sizing rule for a block-swapped DiT (ComfyUI-WanVideoWrapper), all in GiB computed from bytes:
+Sizing rule for a block-swapped DiT (ComfyUI-WanVideoWrapper), all in GiB computed from bytes (the constants were
+measured on an H200 emulating each card class: bench/gpu_classes.py):
 
-    usable  = NVML total - driver reserved - CUDA context
-    budget  = usable - headroom                    (headroom = max(min, fraction * usable))
-    peak(N) = non-block weights + (blocks - N [+1 prefetched]) * block size + unmerged LoRA + activations
+    usable      = NVML total - driver reserved - CUDA context
+    budget      = usable - headroom                (headroom = max(min, fraction * usable))
+    sampling(N) = non-block weights + (blocks - N [+1 prefetched]) * block size + unmerged LoRA + activations
+    peak        = max(pose models, loading, sampling(N), VAE decode, text encoder), where a model loaded to the GPU
+                  (main_device, N = 0 only) stays there through every phase and loads with a second copy when a LoRA
+                  is merged into it; main_device is used only when that fits, else offload_device
 
 `auto` walks the variants best-first and takes the first whose smallest N fits the budget with at most
 `max_swap_fraction` of the blocks swapped, whose swapped blocks fit in RAM and whose files fit on disk. If none
@@ -14,7 +18,6 @@ does, it takes the feasible variant that swaps the fewest bytes; if nothing is f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
 from .catalog import Catalog, Feature, FileSpec, Variant
@@ -24,6 +27,7 @@ from .hardware import GIB, MIB, Gpu, Hardware
 from .types import (FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED, BudgetLine, Download, ModelChoice, Plan,
                    ResourceCheck, Step, VramBudget, WanKnobs, gib)
 from .settings import Settings
+from .sizing import Fit, Sizer
 
 # Flags of ComfyUI's mutually exclusive VRAM group (comfy/cli_args.py): two of them make argparse exit 2.
 VRAM_STATE_FLAGS = ("--gpu-only", "--highvram", "--normalvram", "--lowvram", "--novram", "--cpu")
@@ -48,139 +52,6 @@ def gpu_tier(settings: Settings, gpu: Gpu | None, catalog: Catalog) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Fit:
-    """How one variant would run in one offload mode on this GPU."""
-
-    variant: Variant
-    offload: str
-    swap: int
-    budget: VramBudget
-    peak_gib: float
-    swapped_bytes: int
-    ram_need: int
-    disk_need: int
-    text_encoder_device: str
-    problems: list[str] = field(default_factory=list)  # why it cannot run at all
-    warnings: list[str] = field(default_factory=list)  # why it may not fit
-
-    @property
-    def feasible(self) -> bool:
-        return not self.problems
-
-
-class _Sizer:
-    """Sizes the variants of one runtime feature on one GPU."""
-
-    def __init__(self, feature: Feature, catalog: Catalog, gpu: Gpu, ram_capacity: int, disk_left: int,
-                 present: Collection[str], held: list[BudgetLine] | None = None):
-        self.feature, self.files, self.c = feature, catalog.files, catalog.planner
-        self.rt = feature.runtime
-        assert self.rt is not None
-        self.gpu, self.ram_capacity, self.disk_left, self.present = gpu, ram_capacity, disk_left, present
-        self.capacity = gib(gpu.total)
-        self.reserved = gib(gpu.reserved)
-        self.held = list(held or [])  # other processes' and resident features' VRAM: not the model's to use
-        self.usable = self.capacity - self.reserved - self.c.cuda_context_gib - sum(h.gib for h in self.held)
-        self.headroom = max(self.c.headroom_min_gib, self.c.headroom_fraction * self.usable)
-        self.budget = self.usable - self.headroom
-
-    def _role_gib(self, role: str) -> float:
-        key = self.feature.roles.get(role)
-        return gib(self.files[key].size) if key else 0.0
-
-    def fit(self, variant: Variant, mode: str, min_swap: int = 0, cap_gib: float | None = None) -> _Fit:
-        """Size `variant` in `mode`; model offload swaps the fewest blocks (at least `min_swap`) whose peak fits the
-        budget (or `cap_gib`, if lower)."""
-        rt = self.rt
-        assert rt is not None and variant.dit is not None
-        dit_bytes = self.files[variant.dit].size
-        dit = gib(dit_bytes)
-        nonblock = dit * rt.nonblock_fraction
-        block = dit * (1 - rt.nonblock_fraction) / rt.blocks
-        merged = variant.family in ("bf16", "fp16")  # LoRAs merge only into full-precision weights
-        lora = 0.0 if merged or not rt.lora_file else gib(self.files[rt.lora_file].size)
-        fixed = nonblock + lora + rt.activation_gib
-
-        def peak(swap: int) -> float:
-            prefetched = 1 if 0 < swap else 0
-            return fixed + block * (rt.blocks - swap + prefetched) if swap < rt.blocks else fixed + block
-
-        if mode == FULL:
-            swap = 0
-        elif mode == SEQUENTIAL:
-            swap = rt.blocks
-        else:
-            limit = self.budget if cap_gib is None else min(self.budget, cap_gib)
-            swap = next((n for n in range(min_swap, rt.blocks + 1) if peak(n) <= limit), rt.blocks + 1)
-        problems: list[str] = []
-        warnings: list[str] = []
-        shown_swap = min(swap, rt.blocks)
-        peak_gib = peak(shown_swap)
-        if swap > rt.blocks or peak_gib > self.usable:
-            problems.append(f"{variant.name} needs {peak_gib:.1f} GiB of VRAM even with "
-                            f"{shown_swap} of {rt.blocks} blocks swapped; {self.usable:.1f} GiB usable")
-        elif peak_gib > self.budget:
-            warnings.append(f"{variant.name} in mode {mode} needs {peak_gib:.1f} GiB of {self.usable:.1f} GiB usable, "
-                            f"leaving less than {self.headroom:.1f} GiB headroom: expect CUDA out of memory")
-
-        text_encoder = self._role_gib("text_encoder")
-        on_gpu_with = dit if mode == FULL else 0.0  # main_device puts the DiT on the GPU before text encoding
-        te_device = "gpu" if text_encoder + self._role_gib("clip_vision") + on_gpu_with <= self.budget else "cpu"
-        swapped_bytes = int(dit_bytes * (1 - rt.nonblock_fraction) * shown_swap / rt.blocks)
-        te_bytes = self.files[self.feature.roles["text_encoder"]].size if te_device == "cpu" and "text_encoder" in self.feature.roles else 0
-        # The loader reads the whole model through RAM before moving blocks to the GPU.
-        ram_need = int(self.c.ram_baseline_gib * GIB) + max(dit_bytes, swapped_bytes + te_bytes)
-        if ram_need > self.ram_capacity:
-            problems.append(f"{variant.name} needs {ram_need / GIB:.1f} GiB of RAM (offloaded weights + ComfyUI); "
-                            f"{self.ram_capacity / GIB:.1f} GiB usable")
-        disk_need = sum(self.files[k].size for k in variant.files if self.files[k].dest not in self.present)
-        if disk_need > self.disk_left:
-            problems.append(f"{variant.name} needs {disk_need / GIB:.1f} GiB more disk; "
-                            f"{max(self.disk_left, 0) / GIB:.1f} GiB left after the other downloads")
-
-        lines = [BudgetLine("driver reserved", round(self.reserved, 2), "NVML memory v2"),
-                 BudgetLine("CUDA context", self.c.cuda_context_gib, "per process, measured on H100/H200"),
-                 *self.held,
-                 BudgetLine(f"DiT {variant.name} resident", round(peak_gib - rt.activation_gib - lora, 2),
-                            f"{rt.blocks - shown_swap} of {rt.blocks} blocks"
-                            + (" + 1 prefetched" if 0 < shown_swap else "") + f" of {dit:.1f} GiB")]
-        if lora:
-            lines.append(BudgetLine("LoRA (unmerged)", round(lora, 2), self.files[rt.lora_file].name))
-        lines += [BudgetLine("activations", rt.activation_gib, "sampling at 832x480, 81 frames (est.)"),
-                  BudgetLine("headroom", round(self.headroom, 2),
-                             f"max({self.c.headroom_min_gib} GiB, {self.c.headroom_fraction:.0%} of usable)")]
-        budget = VramBudget(feature=self.feature.name, capacity_gib=round(self.capacity, 2), lines=tuple(lines))
-        offload = FULL if shown_swap == 0 else SEQUENTIAL if shown_swap == rt.blocks else MODEL_OFFLOAD
-        if mode in (FULL, SEQUENTIAL):
-            offload = mode
-        return _Fit(variant=variant, offload=offload, swap=shown_swap, budget=budget, peak_gib=peak_gib,
-                    swapped_bytes=swapped_bytes, ram_need=ram_need, disk_need=disk_need,
-                    text_encoder_device=te_device, problems=problems, warnings=warnings)
-
-    def light(self, fit: _Fit) -> bool:
-        """Swaps no more than `max_swap_fraction` of the blocks: what auto prefers, and what an explicit choice is
-        warned against exceeding."""
-        return fit.swap <= self.c.max_swap_fraction * self.rt.blocks  # type: ignore[union-attr]
-
-    def pick(self, candidates: list[Variant], mode: str, prefer_light_swap: bool) -> tuple[_Fit | None, list[_Fit]]:
-        """Best feasible fit (quality first, avoiding heavy swapping when asked), and every fit tried."""
-        search_mode = MODEL_OFFLOAD if mode == "auto" else mode
-        fits = [self.fit(v, search_mode) for v in candidates]
-        feasible = [f for f in fits if f.feasible]
-        if mode == FULL:
-            resident = [f for f in feasible if not f.warnings]
-            return (resident or feasible or [None])[0], fits
-        if prefer_light_swap:
-            light = [f for f in feasible if self.light(f)]
-            if light:
-                return light[0], fits
-            if feasible:
-                return min(feasible, key=lambda f: f.swapped_bytes), fits
-            return None, fits
-        return (feasible or [None])[0], fits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,7 +209,7 @@ def _plan_runtime(feature: Feature, choice: str | None, settings: Settings, cata
                   ram_capacity: int, disk_left: int, present: Collection[str], degrade: int,
                   held: list[BudgetLine] | None = None):
     """Choose variant and block swap for a DiT model. Returns (choice, budget, files, ram_need, errors, warnings)."""
-    sizer = _Sizer(feature, catalog, gpu, ram_capacity, disk_left, present, held or [])
+    sizer = Sizer(feature, catalog, gpu, ram_capacity, disk_left, present, held or [])
     mode = settings.gpu_memory_mode
     explicit = choice not in (None, "auto") and choice in feature.variants
     candidates = feature.candidates(choice)
@@ -373,7 +244,7 @@ def _plan_runtime(feature: Feature, choice: str | None, settings: Settings, cata
     return model, pick.budget, list(pick.variant.files), pick.ram_need, [], warnings
 
 
-def _ladder(sizer: _Sizer, pick: _Fit, feature: Feature, explicit: bool) -> list[Step]:
+def _ladder(sizer: Sizer, pick: Fit, feature: Feature, explicit: bool) -> list[Step]:
     """Fallbacks after an out-of-memory exit, each with a lower peak than the one before: more offload of the same
     variant, then the best variant of each smaller family (fp8, then GGUF), then everything swapped."""
     blocks = sizer.rt.blocks  # type: ignore[union-attr]
@@ -397,7 +268,7 @@ def _ladder(sizer: _Sizer, pick: _Fit, feature: Feature, explicit: bool) -> list
     return steps
 
 
-def _reason(sizer: _Sizer, pick: _Fit, tried: list[_Fit], mode: str, variable: str | None) -> str:
+def _reason(sizer: Sizer, pick: Fit, tried: list[Fit], mode: str, variable: str | None) -> str:
     blocks = sizer.rt.blocks  # type: ignore[union-attr]
     where = f"{sizer.gpu.name} ({sizer.usable:.1f} GiB usable, budget {sizer.budget:.1f} GiB)"
     if pick.swap == 0:
@@ -420,7 +291,7 @@ def _reason(sizer: _Sizer, pick: _Fit, tried: list[_Fit], mode: str, variable: s
     return how
 
 
-def _knobs(feature: Feature, catalog: Catalog, fit: _Fit, settings: Settings, gpu: Gpu) -> WanKnobs:
+def _knobs(feature: Feature, catalog: Catalog, fit: Fit, settings: Settings, gpu: Gpu) -> WanKnobs:
     files = {role: catalog.files[key].name for role, key in feature.roles.items()}
     if fit.variant.dit:
         files["model"] = catalog.files[fit.variant.dit].name
@@ -428,7 +299,7 @@ def _knobs(feature: Feature, catalog: Catalog, fit: _Fit, settings: Settings, gp
     return WanKnobs(
         files=files, base_precision=fit.variant.precision, quantization=fit.variant.quantization,
         blocks_to_swap=fit.swap, prefetch_blocks=1 if fit.swap else 0,
-        load_device="main_device" if fit.offload == FULL else "offload_device", attention_mode=attention,
+        load_device="main_device" if fit.main_device else "offload_device", attention_mode=attention,
         text_encoder_device=fit.text_encoder_device, merge_loras=fit.variant.family in ("bf16", "fp16"),
         vae_tiling=gib(gpu.total) < catalog.planner.vae_tiling_below_gib, onnx_device="CUDAExecutionProvider")
 

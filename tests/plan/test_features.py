@@ -135,15 +135,16 @@ def test_vibevoice_on_a_24gb_card_warns_about_the_steadydancer_plan_with_the_num
     numbers = [float(n) for n in re.findall(r"(\d+(?:\.\d+)?) GiB", warning)]
     vibevoice, steadydancer, together, usable = numbers[:4]
     assert vibevoice == CATALOG.features["vibevoice"].variants["Large"].vram_gib == 19.0
-    assert steadydancer == pytest.approx(15.27 + 0.69 + 3.0, abs=0.05)   # DiT + unmerged LoRA + activations
+    assert steadydancer == pytest.approx(15.27 + 0.69 + 4.7, abs=0.05)   # DiT + unmerged LoRA + fp8 activations
     assert together == pytest.approx(vibevoice + steadydancer, abs=0.05) and together > usable
-    assert usable == pytest.approx(23.99 - 0.39 - 0.5, abs=0.05)
+    assert usable == pytest.approx(23.99 - 0.39 - 0.6, abs=0.05)
     assert "separate prompts" in warning
     # VibeVoice's size is its variant's, not one figure for all three.
     small = plan_for(machine("RTX 4090"), ENABLE_VIBEVOICE="true", VIBEVOICE_MODEL="1.5B")
     assert small.model("vibevoice").vram_gib == 6.5 and "peak about 6.5 of" in small.model("vibevoice").reason
-    # On an 80 GB card both fit at once: no warning.
-    assert not [w for w in plan_for(machine("h100"), ENABLE_STEADYDANCER="true", ENABLE_VIBEVOICE="true").warnings
+    # On a 141 GB card both fit at once: no warning. (On 80 GB they do not: SteadyDancer loads bf16 with the LoRA
+    # merged at a measured 67.2 GiB, and VibeVoice's 19 GiB beside it is too much.)
+    assert not [w for w in plan_for(machine("h200"), ENABLE_STEADYDANCER="true", ENABLE_VIBEVOICE="true").warnings
                 if w.startswith("ENABLE_VIBEVOICE")]
 
 
@@ -160,7 +161,7 @@ def test_a_resident_feature_comes_off_steadydancers_budget_and_changes_its_plan(
     # 6.5 GiB less room: fp8 no longer fits resident, blocks are swapped now.
     assert before.model("steadydancer").knobs.blocks_to_swap == 0
     assert after.model("steadydancer").knobs.blocks_to_swap > 0
-    assert "(22.6 GiB usable" not in after.model("steadydancer").reason and "16.6 GiB usable" in after.model("steadydancer").reason
+    assert "(22.5 GiB usable" not in after.model("steadydancer").reason and "16.5 GiB usable" in after.model("steadydancer").reason
     assert budget.total_gib <= budget.capacity_gib
     assert not [w for w in after.warnings if w.startswith("ENABLE_VIBEVOICE")]  # resident: no on-demand warning
 
@@ -180,13 +181,13 @@ def test_vram_another_process_holds_is_reported_and_planned_around():
     hardware = replace(found, **BIG)
     plan = plan_for(hardware, ENABLE_STEADYDANCER="true")
     (warning,) = [w for w in plan.warnings if "already used by another process" in w]
-    assert "50.0 GiB" in warning and "planning for the 28.7 GiB" in warning and "79.6 GiB" in warning
+    assert "50.0 GiB" in warning and "planning for the 28.6 GiB" in warning and "79.6 GiB" in warning
     (budget,) = plan.vram_budget
     assert ("held: other processes", 50.0) in [(line.item, line.gib) for line in budget.lines]
     sd = plan.model("steadydancer")
     assert (sd.variant, sd.offload) != ("bf16", FULL)           # the idle card would hold bf16 resident
-    assert "28.7 GiB usable" in sd.reason
-    assert "--highvram" not in plan.comfyui_args                 # 28.7 GiB free is below the --highvram line
+    assert "28.6 GiB usable" in sd.reason
+    assert "--highvram" not in plan.comfyui_args                 # 28.6 GiB free is below the --highvram line
     idle = plan_for(replace(hw.probe(hw.Path("/"), {}, nvml=FakeNvml.from_file("h100-x1.json")), **BIG),
                     ENABLE_STEADYDANCER="true")
     assert (idle.model("steadydancer").variant, idle.model("steadydancer").offload) == ("bf16", FULL)
@@ -273,7 +274,7 @@ def test_an_on_demand_feature_is_checked_against_what_resident_ones_leave(tmp_pa
     catalog = load_catalog([extra])
     plan = plan_for(machine("RTX 4090"), catalog, ENABLE_VIBEVOICE="true", WAN_720P="true")
     (warning,) = [w for w in plan.warnings if w.startswith("WAN_720P")]
-    # 23.1 GiB usable less VibeVoice Large's 19 GiB leaves 4.1 GiB for the 18 GiB Wan 2.1 T2V workflow.
-    assert "peaks at about 18 GiB of VRAM, 4.1 GiB usable" in warning
+    # 23.0 GiB usable less VibeVoice Large's 19 GiB leaves 4.0 GiB for the 18 GiB Wan 2.1 T2V workflow.
+    assert "peaks at about 18 GiB of VRAM, 4.0 GiB usable" in warning
     alone = plan_for(machine("RTX 4090"), catalog, WAN_720P="true")
     assert not [w for w in alone.warnings if w.startswith("WAN_720P")]

@@ -91,7 +91,7 @@ def test_the_union_of_files_can_be_too_big_for_the_disk_where_each_plan_fits(tmp
     big, small = ctx.all_plans()
     need = pod_files([big, small]).disk.need
     squeezed = context({"COMFYUI_PER_GPU": "true", "DISK_RESERVE_GB": "0"}, hardware_file=mixed_host(tmp_path),
-                       disk=f"{(need - 1) / 1e9:.3f}GB")
+                       disk=f"{(need - 10**6) / 1e9:.3f}GB")
     plans = squeezed.all_plans()
     union = pod_files(plans)
     assert not union.disk.fits and any("instances need" in e for e in union.errors)
