@@ -6,10 +6,13 @@ passwords) and anything shaped like a Hugging Face token or a bearer header, whe
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
+import time
+from collections import deque
 from typing import Any, TextIO
 
 import structlog
@@ -55,6 +58,35 @@ def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, 
     return {key: _scrub_value(value) for key, value in event_dict.items()}
 
 
+# The last warnings and errors, already redacted, for the status page ("recent warnings") and its metrics.
+RECENT_KEEP = 50
+RECENT_TEXT = 400  # characters of an event's fields kept: enough to read, small enough for a page
+_RECENT_LEVELS = {"warning": "warning", "error": "error", "critical": "error", "exception": "error"}
+_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEEP)
+_counts: dict[str, int] = {"warning": 0, "error": 0}
+_recent_lock = threading.Lock()
+
+
+def remember(_logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor (after `redact`): keep a short copy of each warning or error in a bounded ring."""
+    level = _RECENT_LEVELS.get(str(event_dict.get("level") or method).lower())
+    if level is not None:
+        fields = {k: v for k, v in event_dict.items() if k not in ("event", "level", "timestamp", "exc_info")}
+        text = json.dumps(fields, default=str, ensure_ascii=False)
+        entry = {"at": time.time(), "level": level, "event": str(event_dict.get("event", "")),
+                 "fields": text if len(text) <= RECENT_TEXT else text[:RECENT_TEXT - 1] + "\u2026"}
+        with _recent_lock:
+            _recent.append(entry)
+            _counts[level] += 1
+    return event_dict
+
+
+def recent_events() -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(the last RECENT_KEEP warnings and errors, oldest first; how many of each level since start)."""
+    with _recent_lock:
+        return [dict(e) for e in _recent], dict(_counts)
+
+
 class _StdlibBridge(logging.Handler):
     """Routes warnings of libraries that use `logging` (huggingface_hub, httpx) through structlog and redaction."""
 
@@ -64,7 +96,10 @@ class _StdlibBridge(logging.Handler):
         except Exception:  # a library's bad format string must not kill the daemon
             message = str(record.msg)
         log = structlog.get_logger("lib").bind(source=record.name)
-        getattr(log, record.levelname.lower(), log.warning)(message)
+        try:
+            getattr(log, record.levelname.lower(), log.warning)(message)
+        except (OSError, ValueError):  # the stream is gone (closed stderr): a library's log must not raise
+            pass
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -81,6 +116,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
+        remember,
     ]
     if use_json:
         processors.append(structlog.processors.format_exc_info)

@@ -98,8 +98,10 @@ class Store:
         self._client.close()
 
     def upload(self, path: str | os.PathLike, key: str, content_type: str | None = None,
-               on_retry: Callable[[int, BaseException], None] | None = None) -> Uploaded:
-        """Upload one file under `key`; returns its size and URL. Raises UploadError."""
+               on_retry: Callable[[int, BaseException], None] | None = None,
+               on_bytes: Callable[[int], None] | None = None) -> Uploaded:
+        """Upload one file under `key`; returns its size and URL. Raises UploadError. `on_bytes(n)` is called as
+        bytes go out (from boto3's transfer threads; a retried part counts again)."""
         path = Path(path)
         try:
             size = path.stat().st_size
@@ -109,7 +111,7 @@ class Store:
 
         def attempt() -> None:
             self._client.upload_file(str(path), self.config.bucket, key, ExtraArgs={"ContentType": kind},
-                                     Config=self._transfer)
+                                     Config=self._transfer, Callback=on_bytes)
 
         def before_sleep(state: Any) -> None:
             if on_retry is not None and state.outcome is not None:

@@ -304,7 +304,18 @@ class Settings:
         "is.", group="supervise")
     status_addr: tuple[str, int] = var(
         "STATUS_ADDR", "127.0.0.1:8189", _address,
-        "HOST:PORT of the supervisor's `/healthz`, `/readyz` and `/status` endpoint.", group="supervise")
+        "HOST:PORT of the supervisor's status page (`/`), `/status`, `/metrics`, `/healthz` and `/readyz`.",
+        group="supervise")
+    status_public: bool = var(
+        "STATUS_PUBLIC", "false", parse_bool,
+        "Serve the status page and endpoints off loopback: on all interfaces at STATUS_ADDR's port (or at "
+        "STATUS_ADDR when that is not loopback), for RunPod's HTTP proxy, a compose port or Kubernetes probes. Set "
+        "`STATUS_TOKEN` with it; without one everything is open (a warning says so).", group="supervise")
+    status_token: Secret = var(
+        "STATUS_TOKEN", "", _secret,
+        "Token for the status page, `/status` and `/metrics` from other hosts (`?token=`, then a cookie; or "
+        "`Authorization: Bearer`). `/healthz` and `/readyz` stay open. Never logged.", group="supervise",
+        secret=True)
 
     # Downloads
     hf_token: Secret = var(
@@ -394,15 +405,16 @@ class Settings:
         group="services")
     enable_r2_sync: bool = var(
         "ENABLE_R2_SYNC", "false", parse_bool,
-        "Template's output upload daemon: not implemented in this image (a warning says so).", group="services")
+        "Upload every finished prompt's outputs to the `R2_BUCKET` bucket (R2 or any S3-compatible store) in the "
+        "background, once each, with retries; needs `R2_BUCKET`.", group="services")
     r2_endpoint: str = var(
         "R2_ENDPOINT", "", _text,
         "S3 endpoint of the output bucket, e.g. `https://<account>.r2.cloudflarestorage.com`; empty = AWS S3.",
         group="services")
     r2_bucket: str = var(
         "R2_BUCKET", "", _text,
-        "Bucket for outputs; when set, the serverless worker uploads its outputs there and returns URLs.",
-        group="services")
+        "Bucket for outputs: `ENABLE_R2_SYNC` uploads a pod's outputs there; the serverless worker uploads its "
+        "outputs there and returns URLs.", group="services")
     r2_access_key_id: Secret = var(
         "R2_ACCESS_KEY_ID", "", _secret, "Key id for the bucket; empty = boto3's own credentials (env, IAM role). "
         "Never logged.", group="services", secret=True)
@@ -418,6 +430,10 @@ class Settings:
     r2_url_expiry: int = var(
         "R2_URL_EXPIRY", "604800", _int(1, 604800),
         "Seconds a presigned output URL stays valid (at most 7 days).", group="services")
+    r2_prefix: str = var(
+        "R2_PREFIX", "comfyui-outputs/{pod}", _text,
+        "Key prefix of `ENABLE_R2_SYNC` uploads: `<R2_PREFIX>/<subfolder>/<file>`; `{pod}` is `RUNPOD_POD_ID`, or an "
+        "id kept on the volume, so pods sharing a bucket never overwrite each other.", group="services")
     storage_mode: str = var(
         "STORAGE_MODE", "auto", _choice("auto", "persistent", "ephemeral"),
         "Template variable, read by nothing there either; accepted and reported only.", group="services")
@@ -512,13 +528,20 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     if catalog is not None:
         features, feature_problems, warnings = select_features(environ, catalog)
         problems += feature_problems
+    if values.get("enable_r2_sync") and not str(values.get("r2_bucket") or ""):
+        problems.append(Problem("R2_BUCKET", "ENABLE_R2_SYNC=true needs the bucket to upload the outputs to",
+                                "set R2_BUCKET (and R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY for R2), "
+                                "or ENABLE_R2_SYNC=false"))
     if problems:
         raise ConfigError(problems, title="invalid environment")
     settings_problems = _port_problems(values)
     if settings_problems:
         raise ConfigError(settings_problems, title="invalid environment")
-    if values.get("enable_r2_sync"):
-        warnings.append("ENABLE_R2_SYNC=true: output upload is not implemented in this image; outputs stay on the volume")
+    if values.get("status_public") and not str(values.get("status_token") or ""):
+        warnings.append("STATUS_PUBLIC=true without STATUS_TOKEN: the status page, /status and /metrics are open to "
+                        "anyone who reaches the port (no secret is on them, but the plan, file names and recent "
+                        "warnings are); set STATUS_TOKEN (on RunPod a secret: {{ RUNPOD_SECRET_status_token }}) unless "
+                        "this is a network you trust")
     if values.get("serverless"):
         off = [name for name, attr in (("PUBLIC_KEY", "public_key"), ("JUPYTER_PASSWORD", "jupyter_password"))
                if values.get(attr)]

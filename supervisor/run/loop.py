@@ -22,14 +22,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import structlog
 
 from ..plan.context import Context
 from ..plan.instances import pod_files
-from . import exits, workers
+from . import activity, exits, workers
+from .access import Access, bind_address
 from .fetchjob import FetchJob
 from .init import STOP_SIGNALS, Child, limit_malloc_arenas, release_free_memory, signal_name
 from .runtime import Runtime
@@ -70,10 +73,14 @@ class Supervisor:
         self.fetch: FetchJob | None = None
         self.fetch_count = 0
         self.refetch = False
-        self.shutdown = Shutdown(self.rt, self.units, self.sidecars, fetch=lambda: self.fetch, forward=self.forward)
+        self.outputs = _output_sync(self.settings, environ, self.rt.post)  # ENABLE_R2_SYNC, else None
+        self.shutdown = Shutdown(self.rt, self.units, self.sidecars, fetch=lambda: self.fetch, forward=self.forward,
+                                 uploads=self.outputs)
         self.gave_up: dict[str, Any] | None = None
         self.was_ready = False
         self.server = None
+        self.activity = activity.Activity(self.status)
+        self.watch_stop = threading.Event()  # the activity watcher (queue, prompts, GPU memory)
 
     @property
     def plan(self):
@@ -85,13 +92,20 @@ class Supervisor:
 
     def run(self) -> int:
         self.rt.init.install()
-        self.server = start_server(self.settings.status_addr, self.status)
+        address = bind_address(self.settings)
+        self.server = start_server(address, self.status, Access.from_settings(self.settings))
         log.info("supervise.start", pid=os.getpid(), pid1=self.rt.init.pid1, subreaper=self.rt.init.subreaper,
-                 status_addr=f"{self.settings.status_addr[0]}:{self.settings.status_addr[1]}")
+                 status_addr=f"{address[0]}:{address[1]}")
         try:
             for unit in self.units:
                 self.units.make_plan(unit)
             self.sidecars.start_services()
+            if self.outputs is not None:
+                self.outputs.start()
+            workers.start(lambda: activity.watch(lambda: activity.answering_urls(self.status), self.rt.post,
+                                                 self.watch_stop,
+                                                 min(activity.POLL_INTERVAL, self.settings.health_interval)),
+                          "activity")
             self.start_fetch()
             if not self.sidecars.update_nodes():
                 self.launch_all()
@@ -122,6 +136,7 @@ class Supervisor:
         return self.shutdown.exit_code
 
     def close(self) -> None:
+        self.watch_stop.set()
         if self.server is not None:
             self.server.server_close()
         self.rt.close()
@@ -131,6 +146,14 @@ class Supervisor:
     def launch_all(self) -> None:
         for unit in self.units:
             self.units.launch(unit)
+
+    def output_dir(self, url: Any) -> Path | None:
+        """The output folder of the ComfyUI at `url` (its last --output-directory; one per GPU with instances)."""
+        for proc in self.units.running():
+            argv = list(proc.launch.argv)
+            if proc.launch.url == url and "--output-directory" in argv:
+                return Path(argv[len(argv) - 1 - argv[::-1].index("--output-directory") + 1])
+        return None
 
     def restarts(self) -> int:
         return sum(unit.restarts for unit in self.units)
@@ -208,6 +231,12 @@ class Supervisor:
             self.units.on_prewarmed(m.data)
         elif m.kind == "drained":
             self.shutdown.on_drained(m.generation, m.data)
+        elif m.kind == "activity":
+            for prompt in self.activity.on_message(m.data):
+                if self.outputs is not None and prompt["outputs"]:
+                    self.outputs.add(prompt["prompt_id"], prompt["outputs"], self.output_dir(m.data.get("url")))
+        elif m.kind == "outputs":
+            self.status.set(outputs=m.data)
         else:
             unit = self.units.by_generation(m.generation)
             if unit is not None:  # else: about a ComfyUI that is gone
@@ -321,6 +350,15 @@ class Supervisor:
         print("ComfyUI cannot be launched:\n" + "\n".join(f"  - {t}" for t in text), file=sys.stderr, flush=True)
         self.shutdown.final_code = 2
         self.shutdown.begin(signal.SIGTERM, why="bad ComfyUI command line", gave_up=True)
+
+
+def _output_sync(settings: Any, environ: Mapping[str, str], post: Any) -> Any:
+    """ENABLE_R2_SYNC: the worker that uploads finished outputs (supervisor/outputs/sync.py), or None."""
+    if not settings.enable_r2_sync:
+        return None
+    from ..outputs.sync import OutputSync
+
+    return OutputSync(settings, environ, post)
 
 
 def _progress_text(fetch: Mapping[str, Any]) -> str:

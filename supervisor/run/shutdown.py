@@ -4,8 +4,8 @@ Stop restarting and stop the fetch (it keeps its partial files) -> with DRAIN_TI
 running now -> send the stop signal to every ComfyUI's group (the one received: SIGINT is ComfyUI's graceful
 stop, SIGTERM ends it at once) and SIGTERM to the side services -> after SHUTDOWN_GRACE, SIGKILL to everything
 left. A second SIGTERM/SIGINT skips the rest and kills at once. The process exits as soon as ComfyUI, the
-services, the pulls, the fetch and any leftovers (processes that left ComfyUI's group) are gone, with ComfyUI's
-code.
+services, the pulls, the fetch, an output upload in flight and any leftovers (processes that left ComfyUI's group)
+are gone, with ComfyUI's code.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ DOCKER_STOP_TIMEOUT = 10.0  # docker stop / compose stop_grace_period default; R
 
 class Shutdown:
     def __init__(self, rt: Runtime, units: Units, sidecars: Sidecars, fetch: Callable[[], Any],
-                 forward: Callable[[int], None]):
+                 forward: Callable[[int], None], uploads: Any = None):
         self.rt, self.units, self.sidecars, self.fetch, self.forward = rt, units, sidecars, fetch, forward
+        self.uploads = uploads  # the output sync (ENABLE_R2_SYNC): stop(), busy()
         self.settings = rt.settings
         self.signal: int | None = None
         self.began = 0.0
@@ -58,6 +59,8 @@ class Shutdown:
         job = self.fetch()
         if job is not None and job.running:
             job.stop.set()
+        if self.uploads is not None:
+            self.uploads.stop()  # the upload in flight finishes (within the grace); the rest stays pending
         answering = [p for p in self.units.running() if p.running and p.answered_at is not None]
         drain = self.settings.drain_timeout > 0 and bool(answering) and not gave_up
         budget = self.settings.shutdown_grace + (self.settings.drain_timeout if drain else 0)
@@ -131,6 +134,8 @@ class Shutdown:
         job = self.fetch()
         if not self.killing and job is not None and job.thread is not None and job.thread.is_alive():
             return  # it keeps its partial files and returns within about a second
+        if not self.killing and self.uploads is not None and self.uploads.busy():
+            return  # an output upload in flight: SHUTDOWN_GRACE bounds the wait
         leftovers = self.rt.init.descendants()
         if leftovers and not self.killing:
             if "leftovers" not in self.rt.timers:

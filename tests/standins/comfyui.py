@@ -25,7 +25,8 @@ worker thread for STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as 
 with mode prompt_oom, as the torch.OutOfMemoryError that ComfyUI catches, with its real log lines; the process stays
 up). GET /history honours ?max_items=N. GET /manager/reboot reboots like ComfyUI-Manager (see reboot_after); POST
 /standin/crash (test-only) prints a non-OOM traceback and exits 1. Uploads, outputs, /view and validation:
-tests/standins/comfyui_files.py.
+tests/standins/comfyui_files.py. Every history message carries ComfyUI's `timestamp` (ms). Without --cpu,
+/system_stats lists a CUDA device (24 GiB, 1.2 GiB used), as ComfyUI does on a GPU.
 
 Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT after start stops it gracefully
 (`Stopped server`, exit 0).
@@ -310,6 +311,11 @@ class State:
         stats = json.loads((DATA / "system_stats.json").read_text())
         stats["system"]["argv"] = ["main.py", *sys.argv[1:]]
         stats["system"]["comfyui_version"] = VERSION
+        if not args.cpu:  # what ComfyUI reports for a CUDA device (torch's view: total and free memory)
+            total, used = 25_757_220_864, 1_288_490_188
+            stats["devices"] = [{"name": "cuda:0 Stand-in GPU : cudaMallocAsync", "type": "cuda", "index": 0,
+                                 "vram_total": total, "vram_free": total - used, "torch_vram_total": 0,
+                                 "torch_vram_free": 0}]
         self.system_stats = stats
         self.dirs = files.Dirs.from_args(args)
 
@@ -336,7 +342,7 @@ class State:
                 self.running = item
                 self.interrupted = False
             self.log("got prompt")
-            started = time.monotonic()
+            started, started_ms = time.monotonic(), int(time.time() * 1000)
             deadline = started + self.prompt_seconds
             while time.monotonic() < deadline and not self.interrupted:
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
@@ -368,6 +374,11 @@ class State:
                 status = {"status_str": "success", "completed": True,
                           "messages": [["execution_start", {"prompt_id": prompt_id}],
                                        ["execution_success", {"prompt_id": prompt_id}]]}
+            # Like ComfyUI: execution_start first, and every message carries a timestamp in ms.
+            if status["messages"][0][0] != "execution_start":
+                status["messages"].insert(0, ["execution_start", {"prompt_id": prompt_id}])
+            for kind, data in status["messages"]:
+                data["timestamp"] = started_ms if kind == "execution_start" else int(time.time() * 1000)
             with self.lock:
                 self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": {}}
                 self.running = None
