@@ -175,22 +175,31 @@ def _namespace_prefix() -> list[str]:
     pytest.skip(f"this sandbox allows no tmpfs mount in a private namespace: {probe.stdout.strip()}")
 
 
-def test_a_full_disk_stops_cleanly_and_says_how_much_space_is_missing(hub, models, big):
+def test_a_full_disk_stops_cleanly_and_says_how_much_space_is_missing(hub, models, big, tmp_path):
     data, catalog = big
     prefix = _namespace_prefix()
-    hub.rate = 2 * MB
-    env = subprocess_env(hub, models, catalog)
-    # 30 MB of tmpfs: the 24 MB file fits when fetch checks, then a filler takes 16 MB while it downloads.
+    hub.pause()  # no byte is sent until the filler is in place: the disk fills during the download, never before
+    filled = tmp_path / "filled"
+    env = subprocess_env(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+    # 30 MB of tmpfs: the 24 MB file fits when fetch checks; once its .partial exists (the check is behind it), a
+    # filler takes 16 MB, and only then does the Hub send the bytes.
     script = (f'mount -t tmpfs -o size=30m tmpfs "{models}" || exit 97\n'
-              f'(sleep 1; head -c 16000000 /dev/zero > "{models}/filler") &\n'
+              f'(until [ -e "{models}/loras/big.safetensors.partial" ]; do sleep 0.02; done; '
+              f'head -c 16000000 /dev/zero > "{models}/filler"; touch "{filled}") &\n'
               f'{sys.executable} -m supervisor fetch; rc=$?\n'
               f'ls -a "{models}/loras"; wait; exit $rc\n')
-    proc = subprocess.run([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 1, proc.stderr
-    assert "disk full" in proc.stderr and "free at least" in proc.stderr and "bytes" in proc.stderr
-    assert "big.safetensors.partial" in proc.stdout and "\nbig.safetensors\n" not in proc.stdout
-    assert not events(proc.stderr, "fetch.done") and events(proc.stderr, "fetch.summary")[0]["ok"] is False
+    proc = subprocess.Popen([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: filled.exists() or proc.poll() is not None, timeout=60)
+    finally:
+        hub.resume()
+    out, err = proc.communicate(timeout=60)
+    assert filled.exists(), err
+    assert proc.returncode == 1, err
+    assert "disk full" in err and "free at least" in err and "bytes" in err
+    assert "big.safetensors.partial" in out and "\nbig.safetensors\n" not in out
+    assert not events(err, "fetch.done") and events(err, "fetch.summary")[0]["ok"] is False
     assert not (models / "loras").exists(), "the tmpfs was private to the child"
 
 
