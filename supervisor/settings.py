@@ -10,7 +10,10 @@ All problems are collected and raised together, so a user fixes their pod config
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field, fields
@@ -65,7 +68,9 @@ def _float(low: float | None = None, high: float | None = None) -> Callable[[str
             value = float(text.strip())
         except ValueError:
             raise ValueError(f"expected a number{_range_text(low, high)}") from None
-        if value != value or (low is not None and value < low) or (high is not None and value > high):
+        if not math.isfinite(value):  # nan compares false with everything; inf overflows byte counts
+            raise ValueError(f"expected a finite number{_range_text(low, high)}")
+        if (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"expected a number{_range_text(low, high)}")
         return value
 
@@ -116,6 +121,30 @@ def _args(text: str) -> tuple[str, ...]:
         raise ValueError(f"cannot split into arguments ({exc}); check the quotes") from None
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _listen(text: str) -> str:
+    """ComfyUI's --listen: an IP address or host name, or a comma list of them (`0.0.0.0,::`)."""
+    text = text.strip()
+    for part in text.split(","):
+        try:
+            ipaddress.ip_address(part.strip().strip("[]"))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(part.strip()):
+                raise ValueError("expected an IP address or host name (or a comma list of them), e.g. 0.0.0.0, "
+                                 "127.0.0.1 or 0.0.0.0,::") from None
+    return text
+
+
+def _workflow_file(text: str) -> Path | None:
+    path = _optional_path(text)
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path} is not a file" + ("" if path.exists() else " (it does not exist)") +
+                         "; the path is read inside the container")
+    return path
+
+
 def _address(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
@@ -151,7 +180,7 @@ def var(name: str, default: str, parser: Callable[[str], Any], doc: str, *, grou
     return field(default=parser(default) if default != "" or parser in _EMPTY_OK else None, metadata=meta)
 
 
-_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths}
+_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _workflow_file}
 
 
 @dataclass(frozen=True)
@@ -203,7 +232,7 @@ class Settings:
     # ComfyUI launch
     comfyui_port: int = var("COMFYUI_PORT", "8188", _int(1, 65535), "ComfyUI's HTTP port.", group="comfyui")
     comfyui_listen: str = var(
-        "COMFYUI_LISTEN", "0.0.0.0", _text, "Address ComfyUI listens on (`--listen`).", group="comfyui")
+        "COMFYUI_LISTEN", "0.0.0.0", _listen, "Address ComfyUI listens on (`--listen`).", group="comfyui")
     comfyui_args: tuple[str, ...] = var(
         "COMFYUI_ARGS", "", _args,
         "Extra ComfyUI flags, appended after the plan's flags (a flag given here wins).", group="comfyui")
@@ -232,7 +261,7 @@ class Settings:
         "READY_MAX_QUEUE", "0", _int(0), "Not ready while more prompts than this are queued; 0 = no limit.",
         group="supervise")
     warmup_workflow: Path | None = var(
-        "WARMUP_WORKFLOW", "", _optional_path,
+        "WARMUP_WORKFLOW", "", _workflow_file,
         "API-format workflow run once after start; ready only after it succeeds.", group="supervise")
     restart_backoff_initial: float = var(
         "RESTART_BACKOFF_INITIAL", "1", _float(0), "First restart delay (s); doubles on each failure.",
