@@ -67,7 +67,7 @@ def _env(hub: str, models: Path, catalog: Path, connections: int) -> dict[str, s
 def driver_ours() -> None:
     """Plan and fetch as `supervisor fetch` does; print the timings as JSON."""
     from supervisor import logs
-    from supervisor.context import load_context
+    from supervisor.plan.context import load_context
     from supervisor.fetch import fetch_plan
 
     logs.configure(os.environ.get("LOG_LEVEL", "warning"), "json")
@@ -206,7 +206,7 @@ def main() -> int:
             hub.close()
 
         # 3. warm boot: sparse files with markers, no hub content needed; any request would show in the stats.
-        from supervisor import volume
+        from supervisor.plan import volume
 
         warm_dir = work / "warm"
         each = args.warm_total // args.warm_files

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import __version__, logs
-from .context import Context, HardwareOptions, load_context
+from .plan import Context, HardwareOptions, load_context, log_plan, render
 from .errors import ConfigError, SupervisorError
-from .report import log_plan, render
 
 COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
 
@@ -89,7 +88,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log = logs.get_logger()
     try:
         if command == "health":
-            from .health import command as health_command
+            from .run.health import command as health_command
             return health_command(args, environ)
         ctx = load_context(environ, _options(args))
         logs.configure(ctx.settings.log_level, ctx.settings.log_format, stream=stream)
@@ -106,7 +105,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command == "check":
             from .workflows import check_command
             return check_command(ctx, args)
-        from .supervise import run as run_supervisor
+        from .run import run as run_supervisor
         return run_supervisor(ctx, args)
     except ConfigError as exc:
         log.error("config.error", problems=[str(p) for p in exc.problems])

@@ -13,7 +13,7 @@ from .engine import fetch_plan
 from .report import render_dry_run
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..plan.context import Context
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import volume
+from ..plan import volume
 from ..errors import Problem
 from ._log import log
 from .errors import DiskFull, FetchError, FetchFailure, Interrupted, Permanent

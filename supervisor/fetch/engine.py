@@ -14,9 +14,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from .. import logs, volume
-from ..plan import Plan
-from ..settings import Settings
+from .. import logs
+from ..plan import volume
+from ..plan.types import Plan
+from ..plan.settings import Settings
 from ._log import log
 from .download import check_disk, disk_full_error, download_all
 from .dryrun import plan_only

@@ -26,7 +26,7 @@ from typing import Callable
 
 import psutil
 
-from .. import volume
+from ..plan import volume
 
 LOCK_DIR = "locks"
 HEARTBEAT = 5.0

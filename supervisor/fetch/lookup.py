@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import volume
+from ..plan import volume
 from ._log import log
 from .errors import FetchFailure, Interrupted, Permanent
 from .state import FetchState, Job, Snapshot, parallel

@@ -6,9 +6,9 @@ stops after this phase: success, or a list of what is missing (`offline`).
 
 from __future__ import annotations
 
-from .. import volume
+from ..plan import volume
 from ..errors import Problem
-from ..plan import Download
+from ..plan.types import Download
 from ._log import log
 from .errors import FetchError
 from .hashing import hash_file

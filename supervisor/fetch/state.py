@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .. import logs, volume
+from .. import logs
+from ..plan import volume
 from ..errors import Problem
-from ..plan import Download, Plan
-from ..settings import Settings, declared_variables
+from ..plan.types import Download, Plan
+from ..plan.settings import Settings, declared_variables
 from ._log import log
 from .errors import DiskFull, FetchFailure, Interrupted, Transient
 from .report import FetchReport

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import volume
+from ..plan import volume
 from .errors import is_disk_full
 from .ranges import RangeSet
 from .schedule import Schedule

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.hardware import Hardware
-from supervisor.plan import Download, Plan, ResourceCheck
-from supervisor.settings import Settings, load_settings
+from supervisor.plan.hardware import Hardware
+from supervisor.plan.types import Download, Plan, ResourceCheck
+from supervisor.plan.settings import Settings, load_settings
 from supervisor.fetch.tuning import Tuning
 from tests.standins.hub import Hub
 

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from supervisor import volume
+from supervisor.plan import volume
 from supervisor.fetch import FetchError, fetch_plan
 from supervisor.fetch.report import render_dry_run
-from supervisor.plan import Download
+from supervisor.plan.types import Download
 from tests.fetch.conftest import FAST, TOKEN, hub_file, make_plan, make_settings, payload, sha256
 
 MB = 1_000_000

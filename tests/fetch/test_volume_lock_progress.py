@@ -8,12 +8,12 @@ import socket
 import threading
 import time
 
-from supervisor import volume
+from supervisor.plan import volume
 from supervisor.fetch import fetch_plan
 from supervisor.fetch.lock import Lock, lock_path
 from supervisor.fetch.progress import Progress
 from supervisor.fetch.store import clean_hf_orphans
-from supervisor.plan import Download
+from supervisor.plan.types import Download
 from tests.fetch.conftest import FAST, hub_file, make_plan, make_settings, payload
 
 

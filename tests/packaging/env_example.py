@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-from supervisor.catalog import load_catalog
-from supervisor.settings import declared_variables
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.settings import declared_variables
 
 from .files import dockerfile, effective_env
 

@@ -12,8 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor.catalog import load_catalog
-from supervisor.settings import declared_variables, variable_defaults
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.settings import declared_variables, variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"

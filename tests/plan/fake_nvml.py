@@ -1,6 +1,6 @@
 """A stand-in for the `pynvml` module that answers from a real NVML reading (tests/data/nvml/*.json).
 
-It implements only the calls `supervisor.hardware` makes, with the same shapes nvidia-ml-py returns, so the probe's
+It implements only the calls `supervisor.plan.hardware` makes, with the same shapes nvidia-ml-py returns, so the probe's
 own mapping code runs unchanged against recorded H100 and H200 pods.
 """
 

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from supervisor.catalog import config_dir, load_catalog
+from supervisor.plan.catalog import config_dir, load_catalog
 from supervisor.errors import ConfigError
 
 

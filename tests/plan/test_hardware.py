@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import hardware as hw
+from supervisor.plan import hardware as hw
 from supervisor.errors import ConfigError
 
 from .fake_nvml import FakeNvml, NVMLError
@@ -180,7 +180,7 @@ def test_the_real_probe_never_loads_nvml_into_the_supervisor(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from supervisor import hardware; h = hardware.probe(sys.argv[1]); "
+    code = ("import sys; from supervisor.plan import hardware; h = hardware.probe(sys.argv[1]); "
             "print('pynvml' in sys.modules, h.source, h.ram_total > 0)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "nvml", "True"]

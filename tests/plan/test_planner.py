@@ -5,11 +5,11 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from supervisor import hardware as hw
-from supervisor.catalog import load_catalog
-from supervisor.plan import FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED
-from supervisor.planner import make_plan, vram_class
-from supervisor.settings import load_settings
+from supervisor.plan import hardware as hw
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.types import FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED
+from supervisor.plan.planner import make_plan, vram_class
+from supervisor.plan.settings import load_settings
 
 from .fake_nvml import FakeNvml
 

@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from supervisor.catalog import load_catalog
-from supervisor.settings import variable_defaults
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.settings import variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (?:`([^`]*)`|\(empty\)) \|")

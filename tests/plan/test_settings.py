@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.catalog import load_catalog
+from supervisor.plan.catalog import load_catalog
 from supervisor.errors import ConfigError
-from supervisor.settings import Secret, declared_variables, load_settings
+from supervisor.plan.settings import Secret, declared_variables, load_settings
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ Environment:
   STANDIN_RECORD       JSON-lines file: one "start" record (pid, pgid, sid, ppid, argv, cwd, environment names,
                        SigBlk/SigIgn/SigCgt) and events: listening (t = time.time() after bind), prompt_done,
                        signal, orphan, escapee_pid, exiting (t, code)
-  STANDIN_OBJECT_INFO  JSON file served as /object_info (default tests/data/supervise/object_info.json)
+  STANDIN_OBJECT_INFO  JSON file served as /object_info (default tests/data/run/object_info.json)
   STANDIN_PROMPT_SECONDS  seconds each prompt runs (default 0.05)
 
 Modes (ARG in seconds unless said otherwise):
@@ -70,7 +70,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "supervise"
+DATA = Path(__file__).resolve().parents[1] / "data" / "run"
 VERSION = "0.3.64"
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from supervisor import hardware as hw
-from supervisor.catalog import load_catalog
-from supervisor.plan import Plan
-from supervisor.planner import make_plan
-from supervisor.settings import Settings, load_settings
-from supervisor.workflows import DEFAULT_INPUTS
+from supervisor.plan import hardware as hw
+from supervisor.plan.catalog import load_catalog
+from supervisor.plan.types import Plan
+from supervisor.plan.planner import make_plan
+from supervisor.plan.settings import Settings, load_settings
+from supervisor.workflows.resolve import DEFAULT_INPUTS
 
 from .object_info_fixture import build_object_info, folder_lists
 

@@ -178,7 +178,7 @@ def node_defs(classes: Iterable[str]) -> dict[str, Any]:
 
 
 def _write_shipped() -> None:
-    from supervisor import workflows
+    from supervisor.workflows import resolve as workflows
 
     shipped = workflows.load_shipped()
     classes = {node["class_type"] for wf in shipped for node in wf.api.values()}
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shipped:
         _write_shipped()
     if args.write:
-        from supervisor.catalog import load_catalog
-        from supervisor import workflows
+        from supervisor.plan.catalog import load_catalog
+        from supervisor.workflows import resolve as workflows
 
         catalog = load_catalog()
         feature = catalog.features["steadydancer"]

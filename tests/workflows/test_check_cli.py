@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import workflows
+from supervisor.workflows import resolve as workflows
 from supervisor.cli import main
-from supervisor.workflow_ui import api_to_ui
+from supervisor.workflows.ui import api_to_ui
 
 from .helpers import all_steadydancer_models, node_id, object_info_for
 

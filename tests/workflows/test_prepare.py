@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import logs, workflows
-from supervisor.workflow_ui import is_ui_format, ui_to_api
+from supervisor import logs
+from supervisor.workflows import check_live
+from supervisor.workflows import resolve as workflows
+from supervisor.workflows.ui import is_ui_format, ui_to_api
 
 from .helpers import node, object_info_for, plan_for, plan_models
 
@@ -97,7 +99,7 @@ def test_skipped_when_not_enabled(tmp_path, events, env, reason):
 
 
 def test_skipped_without_gpu(tmp_path, events):
-    from supervisor.planner import make_plan
+    from supervisor.plan.planner import make_plan
 
     from .helpers import CATALOG, machine, settings
 
@@ -119,10 +121,10 @@ def test_unwritable_volume_is_a_warning_not_a_crash(tmp_path):
 def test_check_live_clean_and_failing(tmp_path, events):
     plan, s = pod(tmp_path)
     models = plan_models(plan)
-    assert workflows.check_live(object_info_for(models), plan, s) == []
+    assert check_live(object_info_for(models), plan, s) == []
     assert any(e["event"] == "workflows.check_ok" for e in events())
     models["loras"] = []
-    problems = workflows.check_live(object_info_for(models, inputs=()), plan, s)
+    problems = check_live(object_info_for(models, inputs=()), plan, s)
     (problem,) = problems
     assert problem.class_type == "WanVideoLoraSelect" and problem.input == "lora"
     assert "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors" in str(problem)
@@ -136,7 +138,7 @@ def test_check_live_clean_and_failing(tmp_path, events):
 
 def test_check_live_skips_when_not_planned(tmp_path):
     plan, s = pod(tmp_path, ENABLE_STEADYDANCER="false")
-    assert workflows.check_live({}, plan, s) == []
+    assert check_live({}, plan, s) == []
 
 
 def test_lost_state_with_unchanged_files_is_not_an_edit(tmp_path):

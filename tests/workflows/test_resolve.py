@@ -6,8 +6,9 @@ import copy
 
 import pytest
 
-from supervisor import workflows
-from supervisor.workflow_check import errors, validate
+from supervisor.workflows import file_describer
+from supervisor.workflows import resolve as workflows
+from supervisor.workflows.validate import errors, validate
 
 from .helpers import CATALOG, PLAN_CLASSES, node, node_id, object_info_for, plan_for, plan_models
 
@@ -168,7 +169,7 @@ def test_missing_model_names_file_and_feature():
     gguf = plan.model("steadydancer").knobs.files["model"]
     models["diffusion_models"] = [n for n in models["diffusion_models"] if n != gguf]
     info = object_info_for(models)
-    describe = workflows.file_describer(CATALOG, plan)
+    describe = file_describer(CATALOG, plan)
     (problem,) = errors(validate(res["quality"].api, info, workflow="q", describe_file=describe))
     assert (problem.class_type, problem.input, problem.kind) == ("WanVideoModelLoader", "model", "value_not_in_list")
     text = str(problem)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from supervisor import workflows
-from supervisor.workflow_check import validate
-from supervisor.workflow_ui import api_to_ui, is_ui_format, ui_to_api
+from supervisor.workflows import resolve as workflows
+from supervisor.workflows.validate import validate
+from supervisor.workflows.ui import api_to_ui, is_ui_format, ui_to_api
 
 from .helpers import all_steadydancer_models, node, node_id, object_info_for
 from .object_info_fixture import build_object_info, node_defs

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.workflow_check import ERROR, NOTICE, errors, notices, types_match, validate
+from supervisor.workflows.validate import ERROR, NOTICE, errors, notices, types_match, validate
 
 from .object_info_fixture import CORE_FILE
 

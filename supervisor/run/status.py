@@ -22,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from ..plan.types import Plan
+
 
 log = structlog.get_logger("status")  # lazy: uses the configuration at each call
 STALE_AFTER = 15.0  # seconds without a loop heartbeat before /healthz fails
@@ -153,3 +155,29 @@ def start_server(address: tuple[str, int], status: Status) -> StatusServer | Non
     host, port = server.server_address[:2]
     log.info("status.listening", addr=f"{host}:{port}")
     return server
+
+
+def plan_summary(plan: Plan | None) -> dict[str, Any]:
+    """The plan as /status shows it."""
+    if plan is None:
+        return {}
+    return {
+        "gpu": plan.gpu.name if plan.gpu else None,
+        "vram_class": plan.vram_class,
+        "gpu_tier": plan.gpu_tier,
+        "models": [{**model_brief(m), "reason": m.reason,
+                    "ladder": [f"{s.variant}/{s.offload}/{s.blocks_to_swap}" for s in m.ladder]} for m in plan.models],
+        "comfyui_args": list(plan.comfyui_args),
+        "downloads": {"files": len(plan.downloads), "missing": len(plan.missing()),
+                      "missing_bytes": sum(d.size for d in plan.missing())},
+        "degrade": dict(plan.degrade),
+        "warnings": list(plan.warnings),
+        "errors": list(plan.errors),
+    }
+
+
+def model_brief(model: Any) -> dict[str, Any]:
+    if model is None:
+        return {}
+    return {"feature": model.feature, "variant": model.variant, "offload": model.offload,
+            "blocks_to_swap": model.knobs.blocks_to_swap if model.knobs else None}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .errors import ConfigError, Problem
+from ..errors import ConfigError, Problem
 
 if TYPE_CHECKING:
     from .catalog import Catalog

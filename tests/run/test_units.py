@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from supervisor import logs
-from supervisor.health import command as health
-from supervisor.init import Init
-from supervisor.output import LineReader, LogFile
-from supervisor.prewarm import prewarm
-from supervisor.status import Status, start_server
+from supervisor.run.health import command as health
+from supervisor.run.init import Init
+from supervisor.run.output import LineReader, LogFile
+from supervisor.run.prewarm import prewarm
+from supervisor.run.status import Status, start_server
 
 from .conftest import free_port
 

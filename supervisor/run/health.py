@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Mapping
 
-from .settings import Settings, _address
+from ..plan.settings import Settings, _address
 
 _DEFAULT_ADDR = Settings.__dataclass_fields__["status_addr"].metadata["raw_default"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Mapping
 
-from .workflow_check import FRONTEND_ONLY, combo_choices, is_link, is_widget, split_spec, type_name
+from .validate import FRONTEND_ONLY, combo_choices, is_link, is_widget, split_spec, type_name
 
 UI_VERSION = 0.4
 SEED_NAMES = ("seed", "noise_seed")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import httpx
 import structlog
 
-from .comfyui import ComfyClient, ComfyError, history_outcome
+from .client import ComfyClient, ComfyError, history_outcome
 
 log = structlog.get_logger("supervise")  # lazy: uses the configuration at each call
 STARTUP_POLL = 0.05  # seconds between startup probes (the ready line triggers one at once)

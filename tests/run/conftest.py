@@ -23,7 +23,7 @@ import pytest
 from tests.standins.comfyui import write_main
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "supervise"
+DATA = REPO / "tests" / "data" / "run"
 
 
 def free_port() -> int:
@@ -317,8 +317,8 @@ def present_plan_files(pod: Pod, *hardware_args: str) -> list[str]:
     the catalogue's size with verified markers: the plan then needs no download."""
     import argparse
 
-    from supervisor import volume
-    from supervisor.context import HardwareOptions, load_context
+    from supervisor.plan import volume
+    from supervisor.plan.context import HardwareOptions, load_context
 
     parser = argparse.ArgumentParser()
     for name in ("--gpu", "--vram", "--ram", "--disk"):

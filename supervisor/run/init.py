@@ -40,6 +40,7 @@ log = structlog.get_logger("init")  # lazy: uses the configuration at each call
 
 # Signals the supervisor handles; TERM/INT/QUIT stop it, all six are forwarded to ComfyUI's group.
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Reset to SIG_DFL in every child: the classic signals except the two that cannot be caught.
 CHILD_DEFAULTS = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
 
@@ -340,6 +341,10 @@ class Init:
         taken = list(self._exited)
         self._exited.clear()
         return taken
+
+    def stop_requested(self) -> bool:
+        """A stop signal is waiting to be taken (lets a blocking step end early)."""
+        return any(sig in STOP_SIGNALS for sig in self.peek_signals())
 
     def peek_signals(self) -> list[int]:
         return list(self._signals)

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor import comfyui
-from supervisor.context import HardwareOptions, load_context
+from supervisor.run import launch as comfyui
+from supervisor.run.client import history_outcome
+from supervisor.plan.context import HardwareOptions, load_context
 from tests.standins.comfyui import FLAGS, write_main
 
 TOKEN = "hf_CommandLineToken0123456789abcdefXYZ"
-DATA = Path(__file__).resolve().parents[1] / "data" / "supervise"
+DATA = Path(__file__).resolve().parents[1] / "data" / "run"
 
 
 def context(tmp_path: Path, **env: str):
@@ -113,9 +114,9 @@ def test_history_outcomes():
     err = {"status": {"status_str": "error", "completed": False, "messages": [
         ["execution_error", {"node_id": "3", "node_type": "KSampler",
                              "exception_message": "CUDA out of memory.\nTIPS"}]]}}
-    assert comfyui.history_outcome(ok) == (True, "")
-    assert comfyui.history_outcome(err) == (False, "KSampler (node 3): CUDA out of memory.")
-    assert comfyui.history_outcome({}) == (None, "")
+    assert history_outcome(ok) == (True, "")
+    assert history_outcome(err) == (False, "KSampler (node 3): CUDA out of memory.")
+    assert history_outcome({}) == (None, "")
 
 
 def test_the_stand_in_accepts_exactly_the_flags_of_comfyui_0_3_64():

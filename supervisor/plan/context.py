@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Mapping
 
 from . import hardware as hw
-from . import logs, volume
+from .. import logs
+from . import volume
 from .catalog import Catalog, load_catalog
-from .errors import ConfigError
-from .plan import Plan
+from ..errors import ConfigError
+from .types import Plan
 from .planner import make_plan
 from .settings import Settings, catalog_paths, declared_variables, load_settings
 

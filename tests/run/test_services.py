@@ -158,7 +158,7 @@ def test_a_hanging_pull_does_not_hold_comfyui_forever(pod, supervisor, fakes):
     script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
     pod.env.update(UPDATE_NODES_ON_START="true")
     started = time.monotonic()
-    run = supervisor(pod, patch="import supervisor.services as s; s.NODE_UPDATE_DEADLINE = 0.5")
+    run = supervisor(pod, patch="import supervisor.run.services as s; s.NODE_UPDATE_DEADLINE = 0.5")
     run.wait_for("services.node_update_timeout", timeout=10)
     run.wait_for("supervise.ready")
     assert time.monotonic() - started < 8

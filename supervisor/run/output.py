@@ -19,7 +19,7 @@ from typing import Callable
 
 import structlog
 
-from .logs import get_logger, scrub
+from ..logs import get_logger, scrub
 
 MAX_LINE = 16_384  # longer lines are cut (a runaway print must not grow memory)
 ROTATE_BYTES = 10 * 1024 * 1024

@@ -19,7 +19,7 @@ from typing import Collection, Iterable, Mapping
 
 from .catalog import Catalog, Feature, FileSpec, Variant
 from .hardware import GIB, MIB, Gpu, Hardware
-from .plan import (FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED, BudgetLine, Download, ModelChoice, Plan,
+from .types import (FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED, BudgetLine, Download, ModelChoice, Plan,
                    ResourceCheck, Step, VramBudget, WanKnobs, gib)
 from .settings import Settings
 

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from supervisor import exits
-from supervisor.exits import classify
-from supervisor.restart import RestartPolicy
+from supervisor.run import exits
+from supervisor.run.exits import classify
+from supervisor.run.restart import RestartPolicy
 
 CUDA_OOM = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity of "
             "79.18 GiB of which 6.66 GiB is free.")

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import psutil
 
 from .catalog import config_dir
-from .errors import ConfigError, Problem
+from ..errors import ConfigError, Problem
 
 try:  # Python 3.11+
     import tomllib

@@ -3,9 +3,9 @@ none can show here."""
 
 from __future__ import annotations
 
-from . import logs
+from .. import logs
 from .hardware import GIB
-from .plan import Plan
+from .types import Plan
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

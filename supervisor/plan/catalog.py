@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, Problem
+from ..errors import ConfigError, Problem
 
 try:  # Python 3.11+
     import tomllib
@@ -32,11 +32,11 @@ def config_dir() -> Path:
     override = os.environ.get("SUPERVISOR_CONFIG_DIR")
     if override:
         return Path(override)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "config", here / "config"):
+    package = Path(__file__).resolve().parent.parent  # supervisor/
+    for candidate in (package.parent / "config", package / "config"):
         if (candidate / "catalog.toml").is_file():
             return candidate
-    raise FileNotFoundError(f"config/catalog.toml not found beside {here}; set SUPERVISOR_CONFIG_DIR")
+    raise FileNotFoundError(f"config/catalog.toml not found beside {package}; set SUPERVISOR_CONFIG_DIR")
 
 
 @dataclass(frozen=True)
