@@ -60,7 +60,9 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
     except ConfigError as exc:
         catalog_error = exc
     try:
-        settings = load_settings(environ, catalog)
+        # With a broken overlay, the feature variables are still checked against the shipped catalogue, so one
+        # run reports the catalogue's problems and the environment's together.
+        settings = load_settings(environ, catalog if catalog_error is None else _shipped_catalog())
     except ConfigError as exc:
         problems = exc.problems + (catalog_error.problems if catalog_error else [])
         raise ConfigError(problems, title="configuration error") from None
@@ -71,6 +73,13 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
         logs.register_secret(secret)
     hardware = resolve_hardware(settings, options, environ, nvml)
     return Context(settings=settings, catalog=catalog, hardware=hardware)
+
+
+def _shipped_catalog() -> Catalog | None:
+    try:
+        return load_catalog()
+    except ConfigError:
+        return None
 
 
 def resolve_hardware(settings: Settings, options: HardwareOptions, environ: Mapping[str, str],

@@ -449,24 +449,83 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     values: dict[str, Any] = {}
     for f in fields(Settings):
         name = f.metadata.get("env")
-        if not name or name not in environ:
-            continue
+        if not name or not environ.get(name, "").strip():
+            continue  # unset or empty (RunPod's blank template fields): the default
         raw = environ[name]
         try:
             values[f.name] = f.metadata["parser"](raw)
         except ValueError as exc:
             shown = "<hidden>" if f.metadata["secret"] else repr(raw)
             problems.append(Problem(name, f"{shown} is not valid: {exc}", f"default is {f.metadata['raw_default']!r}"))
+    problems += _cross_checks(values)
     warnings: list[str] = []
     features: dict[str, FeatureSelection] = {}
     if catalog is not None:
         features, feature_problems, warnings = select_features(environ, catalog)
         problems += feature_problems
+    warnings += misspelt_variables(environ, catalog)
     if problems:
         raise ConfigError(problems, title="invalid environment")
     if values.get("enable_r2_sync"):
         warnings.append("ENABLE_R2_SYNC=true: output upload is not implemented in this image; outputs stay on the volume")
     return Settings(**values, features=features, warnings=tuple(warnings))
+
+
+def _cross_checks(values: Mapping[str, Any]) -> list[Problem]:
+    """Rules about a parsed value that its parser alone cannot know (the file system, other variables)."""
+    problems: list[Problem] = []
+    host, _ = values.get("status_addr", _address("127.0.0.1:8189"))
+    if not _is_loopback(host):
+        problems.append(Problem("STATUS_ADDR", f"{host!r} is not a loopback address: the status endpoint has no "
+                                "authentication and shows the pod's plan, processes and downloads",
+                                "keep it on 127.0.0.1 (the default); `supervisor health` and `docker exec` reach it "
+                                "there"))
+    models_dir = values.get("models_dir")
+    if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
+        problems.append(Problem("MODELS_DIR", f"{str(models_dir)!r} is not valid: it is a file, not a folder",
+                                "point MODELS_DIR at a folder on the volume (it is created if missing)"))
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Variables read outside Settings (the GPU probe reads these itself): never "misspelt".
+OTHER_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_DRIVER_CAPABILITIES")
+
+
+def misspelt_variables(environ: Mapping[str, str], catalog: "Catalog | None") -> list[str]:
+    """Warnings for variables one typo away from one the supervisor reads (STEADYDANCER_VARINT, GPU_MEMORY_MOD):
+    such a value would otherwise be ignored without a word. `ENABLE_*` names are checked by select_features."""
+    known = set(variable_defaults(catalog)) if catalog is not None else {v["env"] for v in declared_variables()}
+    known.update(OTHER_VARIABLES)
+    warnings = []
+    for name in sorted(environ):
+        if name in known or name.startswith("ENABLE_") or len(name) < 5:
+            continue
+        close = sorted(k for k in known if _one_edit(name, k))
+        if close:
+            warnings.append(f"unknown variable {name} is ignored; did you mean {close[0]}?")
+    return warnings
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when `a` becomes `b` by one insertion, deletion, substitution or swap of neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k in range(len(short)) if short[k] != long_[k]), len(short))
+    return short[i:] == long_[i + 1:]
 
 
 def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dict[str, FeatureSelection], list[Problem], list[str]]:
@@ -476,7 +535,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
     selections: dict[str, FeatureSelection] = {}
     for feature in catalog.features.values():
         enabled = feature.default_enabled
-        if feature.switch in environ:
+        if environ.get(feature.switch, "").strip():
             try:
                 enabled = parse_bool(environ[feature.switch])
             except ValueError as exc:
@@ -484,7 +543,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
         variant: str | None = None
         choices: tuple[str, ...] = ()
         if feature.variant_env:
-            raw = environ.get(feature.variant_env, feature.variant_default).strip()
+            raw = environ.get(feature.variant_env, "").strip() or feature.variant_default
             try:
                 if feature.multi_choice:
                     choices = feature.parse_choices(raw)
@@ -501,7 +560,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
                 problems.append(Problem(feature.dynamic.env, f"{', '.join(bad)} not valid: expected a comma list of "
                                         "CivitAI model version ids (digits, from the download link)"))
             choices = tuple(dict.fromkeys(i for i in ids if i.isdigit()))
-        selections[feature.name] = FeatureSelection(enabled=enabled, explicit=feature.switch in environ,
+        selections[feature.name] = FeatureSelection(enabled=enabled, explicit=bool(environ.get(feature.switch, "").strip()),
                                                     variant=variant, choices=choices)
     known = {f.switch for f in catalog.features.values()} | {
         v["env"] for v in declared_variables() if v["env"].startswith("ENABLE_")}

@@ -60,6 +60,11 @@ def test_catalogue_and_environment_errors_come_together(tmp_path):
     proc = run("plan", env={"SUPERVISOR_CATALOG": str(bad), "COMFYUI_PORT": "0"})
     assert proc.returncode == 2
     assert "COMFYUI_PORT" in proc.stderr and "[files.x]" in proc.stderr
+    # The feature variables too: they are checked against the shipped catalogue while the overlay is broken.
+    proc = run("plan", env={"SUPERVISOR_CATALOG": str(bad), "ENABLE_STEADYDANCER": "maybe",
+                            "STEADYDANCER_VARIANT": "fp4"})
+    assert proc.returncode == 2
+    assert "[files.x]" in proc.stderr and "ENABLE_STEADYDANCER" in proc.stderr and "STEADYDANCER_VARIANT" in proc.stderr
 
 
 def test_a_plan_that_cannot_run_exits_3():
