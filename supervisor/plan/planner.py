@@ -33,6 +33,8 @@ CIVITAI_DOWNLOAD = "https://civitai.com/api/download/models/"
 def vram_class(total_bytes: int) -> str:
     """The marketing class of a card: the nearest class in ratio, so 79.65 GiB (H100) and 80 GiB (A100) are '80 GB'."""
     value = total_bytes / GIB
+    if value <= 0:
+        return "none"
     best = min(VRAM_CLASSES_GB, key=lambda c: abs(math.log(value / c)))
     return f"{best} GB"
 

@@ -443,6 +443,24 @@ def catalog_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
     return _paths(environ.get("SUPERVISOR_CATALOG", ""))
 
 
+def read_variable(environ: Mapping[str, str], name: str) -> Any:
+    """One declared variable alone (for commands that need no more), with the same rules and errors as
+    load_settings."""
+    (f,) = [f for f in fields(Settings) if f.metadata.get("env") == name]
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return f.default
+    try:
+        value = f.metadata["parser"](raw)
+    except ValueError as exc:
+        raise ConfigError(Problem(name, f"{raw!r} is not valid: {exc}", f"default is {f.metadata['raw_default']!r}"),
+                          title="invalid environment") from None
+    problems = _cross_checks({f.name: value})
+    if problems:
+        raise ConfigError(problems, title="invalid environment")
+    return value
+
+
 def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) -> Settings:
     """Parse the environment. Raises ConfigError listing every bad variable; warnings go into `Settings.warnings`."""
     problems: list[Problem] = []

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import structlog
 
+from .. import logs
 from ..plan.context import Context
 from . import exits, workers
 from .fetchjob import FetchJob
@@ -302,7 +303,8 @@ class Supervisor:
         text = [str(p) for p in problems]
         self.gave_up = {"reason": "ComfyUI cannot be launched", "problems": text, "code": 2}
         log.error("comfyui.bad_command", problems=text, message="ComfyUI is not started; restarting cannot help")
-        print("ComfyUI cannot be launched:\n" + "\n".join(f"  - {t}" for t in text), file=sys.stderr, flush=True)
+        if logs.human_output():  # with JSON lines, the event above is the whole story
+            print("ComfyUI cannot be launched:\n" + "\n".join(f"  - {t}" for t in text), file=sys.stderr, flush=True)
         self.shutdown.final_code = 2
         self.shutdown.begin(signal.SIGTERM, why="bad ComfyUI command line", gave_up=True)
 

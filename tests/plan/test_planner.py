@@ -22,7 +22,7 @@ def machine(name: str | None = None, *, vram: str | None = None, ram=256 * GIB, 
     base = hw.Hardware(gpus=(), ram_total=ram, ram_available=ram, disk_free=disk, disk_path="/workspace")
     if name is None and vram is None:
         return base
-    return hw.simulate(base, gpu=name, vram=vram, count=count)
+    return hw.simulate(base, gpu=name, vram=vram, count=count, ram=f"{ram}B")
 
 
 def recorded(reading: str, environ=None, **resources):
