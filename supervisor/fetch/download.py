@@ -1,5 +1,5 @@
-"""Phase 3 of a fetch: the disk check against the exact sizes (resumable bytes subtracted), then DOWNLOAD_CONCURRENCY
-files at once, each under a cross-process lock, each through `transfer.Transfer`; a marker is written for each.
+"""Phase 3 of a fetch (after the checks in `preflight`): DOWNLOAD_CONCURRENCY files at once, each under a
+cross-process lock, each through `transfer.Transfer`; a marker is written for each.
 
 A file already at its destination without a valid marker is adopted when its bytes are right, resumed when it is a
 truncated copy, and replaced otherwise (`_prepare`).
@@ -19,23 +19,6 @@ from .lookup import resolve_again
 from .report import human
 from .state import GB, FetchState, Job, parallel
 from .store import Partial, free_bytes
-
-
-def check_disk(state: FetchState, jobs: list[Job]) -> None:
-    """Raise FetchError (nothing downloaded) when the bytes still needed do not fit beside DISK_RESERVE_GB."""
-    need = sum(state.needed(j) or 0 for j in jobs)
-    free = free_bytes(state.models_dir)
-    reserve = int(state.settings.disk_reserve_gb * GB)
-    log.info("fetch.disk", need=need, free=free, reserve=reserve, path=str(state.models_dir))
-    if need > free - reserve:
-        short = need - (free - reserve)
-        problem = Problem(str(state.models_dir), f"{human(need)} to download but {human(free)} free and "
-                                                 f"DISK_RESERVE_GB={state.settings.disk_reserve_gb:g} kept free",
-                          f"free {human(short)} ({short} bytes) more, use a larger volume, or disable a feature")
-        for job in jobs:
-            state.report.failed[job.snapshot or job.dest] = "not enough disk space"
-        state.summary()
-        raise FetchError([problem], "not enough disk space", report=state.report)
 
 
 def download_all(state: FetchState, jobs: list[Job]) -> None:

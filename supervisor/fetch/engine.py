@@ -19,10 +19,11 @@ from ..plan import volume
 from ..plan.types import Plan
 from ..plan.settings import Settings
 from ._log import log
-from .download import check_disk, disk_full_error, download_all
+from .download import disk_full_error, download_all
 from .dryrun import plan_only
 from .errors import FetchError
 from .lookup import resolve_all
+from .preflight import check_disk, check_models_dir
 from .progress import Progress
 from .report import FetchReport
 from .scan import offline, scan
@@ -45,6 +46,8 @@ def fetch_plan(plan: Plan, settings: Settings, *, stop: threading.Event | None =
     if not todo:
         state.summary()  # warm boot: no network, no hashing
         return state.report
+    if not state.dry_run:
+        check_models_dir(state.models_dir)
     if settings.hf_hub_offline:
         if state.dry_run:
             plan_only(state, todo, None, note="offline")
@@ -73,6 +76,11 @@ def _online(state: FetchState, todo: list[Job]) -> FetchReport:
             jobs = resolve_all(state, todo)
             if state.stop.is_set():
                 state.report.interrupted = True
+            elif state.dry_run and state.unreachable:
+                # The list still helps: every file from the catalogue, its size marked as unconfirmed.
+                for dest in state.unreachable_dests:
+                    state.report.failed.pop(dest, None)
+                plan_only(state, todo, None, note="catalogue size, unconfirmed: the Hub could not be reached")
             elif state.dry_run:
                 plan_only(state, todo, jobs)
             else:

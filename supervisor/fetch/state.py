@@ -21,7 +21,7 @@ from ..errors import Problem
 from ..plan.types import Download, Plan
 from ..plan.settings import Settings, declared_variables
 from ._log import log
-from .errors import DiskFull, FetchFailure, Interrupted, Transient
+from .errors import DiskFull, FetchFailure, Interrupted, Transient, Unreachable
 from .report import FetchReport
 from .store import Partial
 from .tuning import Tuning
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .transfer import Run
 
 GB = 1e9
+NO_ANSWER = {"connect", "connect_timeout"}  # causes that mean no answer at all: the server may be out of reach
 
 
 @dataclass
@@ -85,6 +86,10 @@ class FetchState:
         self.snapshots: dict[str, Snapshot] = {}
         self.run: "Run | None" = None
         self.rehash_failed: set[str] = set()  # `verify` found other bytes than the marker says
+        self.reached = False  # some metadata call got an answer
+        self.no_answer_since: float | None = None  # the first metadata call that got none, while none was answered
+        self.unreachable = ""  # once set, the message every file that needs the Hub fails with
+        self.unreachable_dests: set[str] = set()
 
     def token(self, name: str) -> str:
         if not name:
@@ -106,7 +111,12 @@ class FetchState:
         retries = min(self.settings.download_retries, 2) if self.dry_run else self.settings.download_retries
 
         def stop(rs: RetryCallState) -> bool:
-            return self.halt.is_set() or rs.attempt_number > retries  # a dry run answers quickly, even offline
+            if self.halt.is_set():
+                return True
+            exc = rs.outcome.exception() if rs.outcome else None
+            if getattr(exc, "cause", "") in NO_ANSWER and not self.reached:
+                return self._out_of_reach(exc, last_try=rs.attempt_number > retries)
+            return rs.attempt_number > retries  # a dry run answers quickly, even offline
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -117,17 +127,43 @@ class FetchState:
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
-            log.warning("fetch.retry", what=what, cause=getattr(exc, "cause", type(exc).__name__),
+            quiet = getattr(exc, "cause", "") in NO_ANSWER and not self.reached and rs.attempt_number > 1
+            (log.debug if quiet else log.warning)("fetch.retry", what=what, cause=getattr(exc, "cause", type(exc).__name__),
                         attempt=rs.attempt_number, wait=round(rs.next_action.sleep, 2) if rs.next_action else None,
                         error=str(exc))
 
-        for attempt in Retrying(retry=retry_if_exception_type(Transient), stop=stop, wait=wait,
-                                sleep=lambda s: self.halt.wait(s), before_sleep=before_sleep, reraise=True):
-            with attempt:
-                if self.halt.is_set():
-                    raise Interrupted(f"{what}: stopped")
-                return fn()
-        raise AssertionError("unreachable")
+        try:
+            for attempt in Retrying(retry=retry_if_exception_type(Transient), stop=stop, wait=wait,
+                                    sleep=lambda s: self.halt.wait(s), before_sleep=before_sleep, reraise=True):
+                with attempt:
+                    if self.halt.is_set():
+                        raise Interrupted(f"{what}: stopped")
+                    if self.unreachable:
+                        raise Unreachable(self.unreachable)
+                    result = fn()
+                    self.reached = True
+                    return result
+        except Transient:
+            if self.unreachable:
+                raise Unreachable(self.unreachable) from None
+            raise
+        raise AssertionError("not reached")
+
+    def _out_of_reach(self, exc: BaseException, last_try: bool) -> bool:
+        """A metadata call got no answer and none ever did: stop retrying once that has lasted
+        `unreachable_after` seconds (or this call's retries ran out), and say so once, in words."""
+        now = time.monotonic()
+        with self.lock:
+            self.no_answer_since = self.no_answer_since or now
+            waited = now - self.no_answer_since
+            if self.unreachable or not (last_try or waited >= self.tuning.unreachable_after):
+                return bool(self.unreachable)
+            endpoint = self.settings.hf_endpoint
+            self.unreachable = (f"cannot reach {endpoint}: no answer for {max(waited, 0.1):.0f} s ({exc}); check the "
+                                "pod's network (HTTPS_PROXY?) and HF_ENDPOINT, or set HF_HUB_OFFLINE=true to start "
+                                "with the files already on the volume")
+        log.error("fetch.unreachable", endpoint=endpoint, seconds=round(waited, 1), message=self.unreachable)
+        return True
 
     def needed(self, job: Job) -> int | None:
         """Bytes still to fetch for `job` (its resumable bytes subtracted); None when the size is unknown."""
@@ -165,18 +201,30 @@ class FetchState:
         text = f"{message} ({fix})" if fix else message
         log.error("fetch.failed", dest=dest, cause=exc.cause, error=message, fix=fix or None)
         with self.lock:
+            if exc.cause == "unreachable":
+                self.unreachable_dests.add(dest)
             if dest in self.report.failed:
                 return
             self.report.failed[dest] = text
             self.problems.append((Problem(dest, message, fix), bool(getattr(exc, "access", False))))
 
     def summary(self) -> None:
-        """The closing `fetch.summary` event (and the report's seconds and byte count)."""
+        """The closing `fetch.summary` event (and the report's seconds and byte count): level error when files are
+        not in place, warning when stopped, with one sentence for people."""
         self.report.seconds = round(time.monotonic() - self.started, 3)
         if self.run is not None:
             self.report.bytes_downloaded = self.run.progress.fetched()
         r = self.report
-        log.info("fetch.summary", downloaded=len(r.downloaded), verified=len(r.verified), repaired=len(r.repaired),
+        if r.failed:
+            first, why = next(iter(r.failed.items()))
+            more = f" (and {len(r.failed) - 1} more: see the fetch.failed events)" if len(r.failed) > 1 else ""
+            level, message = log.error, f"{len(r.failed)} file{'s' if len(r.failed) != 1 else ''} not in place: " \
+                                        f"{first}: {why}{more}"
+        elif r.interrupted:
+            level, message = log.warning, "stopped; partial files are kept and resume at the next start"
+        else:
+            level, message = log.info, "every file is in place and verified" if not r.dry_run else "dry run"
+        level("fetch.summary", message=message, downloaded=len(r.downloaded), verified=len(r.verified), repaired=len(r.repaired),
                  failed=len(r.failed), bytes_downloaded=r.bytes_downloaded, seconds=r.seconds,
                  mb_per_s=round(r.bytes_downloaded / max(r.seconds, 1e-6) / 1e6, 1), interrupted=r.interrupted,
                  dry_run=r.dry_run, offline=r.offline, ok=r.ok)

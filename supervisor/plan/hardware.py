@@ -393,6 +393,17 @@ _UNITS = {"": GIB, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, 
           "g": 10**9, "t": 10**12, "kib": 1024, "mib": MIB, "gib": GIB, "tib": 1024**4}
 
 
+def format_size(n_bytes: float) -> str:
+    """Bytes for people, in binary units everywhere (plan, fetch, status), so the same total reads the same."""
+    if n_bytes >= 0.1 * GIB:
+        return f"{n_bytes / GIB:.2f} GiB"
+    if n_bytes >= MIB:
+        return f"{n_bytes / MIB:.1f} MiB"
+    if n_bytes >= 1024:
+        return f"{n_bytes / 1024:.1f} KiB"
+    return f"{int(n_bytes)} B"
+
+
 def parse_size(text: str, option: str = "size") -> int:
     """'24GB' (decimal), '24GiB' or '24576MiB' (binary), '24' (GiB) -> bytes."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)

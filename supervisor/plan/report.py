@@ -4,7 +4,7 @@ none can show here."""
 from __future__ import annotations
 
 from .. import logs
-from .hardware import GIB
+from .hardware import GIB, format_size
 from .types import Plan
 
 
@@ -17,9 +17,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _size(n_bytes: int) -> str:
-    if n_bytes == 0:
-        return "?"
-    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= 0.1 * GIB else f"{n_bytes / 2**20:.1f} MiB"
+    return "?" if n_bytes == 0 else format_size(n_bytes)
 
 
 def render(plan: Plan, command: tuple[str, ...] = ()) -> str:

@@ -314,7 +314,9 @@ def _progress_text(fetch: Mapping[str, Any]) -> str:
     if not total.get("size"):
         return ""
     eta = f", about {total['eta_s']:.0f} s left" if total.get("eta_s") is not None else ""
-    return f": {total.get('bytes', 0) / 1e9:.1f} of {total['size'] / 1e9:.1f} GB ({total.get('percent', 0)}%){eta}"
+    from ..plan.hardware import format_size  # binary units with enough digits: never "0.0 of 0.0 GB (13.5%)"
+
+    return f": {format_size(total.get('bytes', 0))} of {format_size(total['size'])} ({total.get('percent', 0)}%){eta}"
 
 
 def _since_process_start() -> float | None:

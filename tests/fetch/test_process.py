@@ -134,10 +134,10 @@ def test_dry_run_prints_the_list_and_total_and_downloads_nothing(hub, models, bi
     data, catalog = big
     code, out, err = finish(start(hub, models, catalog, "--dry-run"))
     assert code == 0, err
-    assert DEST in out and "total: 24.00 MB to download" in out
+    assert DEST in out and "total: 22.9 MiB to download" in out
     assert hub.requests(origin="cdn") == [] and not (models / "loras").exists()
     code, out, _ = finish(start(hub, models, catalog, DRY_RUN="true"))
-    assert code == 0 and "total: 24.00 MB" in out
+    assert code == 0 and "total: 22.9 MiB" in out
 
 
 def test_the_token_appears_in_no_line_of_output(hub, models, tmp_path):
@@ -206,5 +206,21 @@ def test_a_full_disk_stops_cleanly_and_says_how_much_space_is_missing(hub, model
 def test_offline_cli_lists_what_is_missing(hub, models, big):
     data, catalog = big
     code, out, err = finish(start(hub, models, catalog, HF_HUB_OFFLINE="1"))
-    assert code == 1 and DEST in err and "HF_HUB_OFFLINE" in err and "24.00 MB" in err
+    assert code == 1 and DEST in err and "HF_HUB_OFFLINE" in err and "22.9 MiB" in err
     assert hub.log == []
+
+
+def test_a_read_only_models_dir_is_an_error_naming_models_dir(hub, models, big):
+    data, catalog = big
+    prefix = _namespace_prefix()
+    env = subprocess_env(hub, models, catalog)
+    script = (f'mount --bind "{models}" "{models}" && mount -o remount,bind,ro "{models}" || exit 97\n'
+              f'exec {sys.executable} -m supervisor fetch\n')
+    proc = subprocess.run([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode == 97:
+        pytest.skip(f"no read-only bind mount here: {proc.stderr.strip()}")
+    assert proc.returncode == 2, proc.stderr
+    (error,) = events(proc.stderr, "error")
+    assert "MODELS_DIR" in error["message"] and "read-only" in error["message"]
+    assert not hub.requests(origin="cdn")
