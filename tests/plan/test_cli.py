@@ -40,7 +40,7 @@ def test_plan_json_has_the_documented_keys():
 
 
 def test_plan_table_is_readable():
-    proc = run("plan", "--gpu", "h100", check_code=0)
+    proc = run("plan", "--gpu", "h100", "--disk", "500GB", check_code=0)
     assert "VRAM budget: steadydancer" in proc.stdout
     assert "bf16" in proc.stdout and "fits fully resident" in proc.stdout
     assert "ComfyUI: --highvram --preview-method auto" in proc.stdout
@@ -104,7 +104,7 @@ def test_a_named_gpu_brings_a_typical_pods_ram_unless_ram_is_given():
     assert plan["hardware"]["ram_total"] == 85 * 2**30
     assert "typical a100-40gb pod" in plan["hardware"]["ram_source"]
     assert plan["models"][0]["variant"] == "bf16"
-    text = run("plan", "--gpu", "A100 40GB", check_code=0).stdout
+    text = run("plan", "--gpu", "A100 40GB", "--disk", "500GB", check_code=0).stdout
     assert "RAM 85.0 GiB (typical a100-40gb pod; --ram to change)" in text
     small = json.loads(run("plan", "--json", "--gpu", "A100 40GB", "--ram", "16GiB").stdout)
     assert small["hardware"]["ram_total"] == 16 * 2**30 and small["hardware"]["ram_source"] == "simulated"
@@ -151,7 +151,7 @@ def test_the_token_never_appears_in_plan_output_logs_or_errors():
 
 
 def test_probe_output_reads_back_with_hardware(tmp_path):
-    probe = run("probe", "--gpu", "A100 40GB", "--ram", "80GiB", check_code=0)
+    probe = run("probe", "--gpu", "A100 40GB", "--ram", "80GiB", "--disk", "500GB", check_code=0)
     saved = tmp_path / "pod.json"
     saved.write_text(probe.stdout)
     assert json.loads(probe.stdout)["gpus"][0]["total"] == 40960 * 2**20
