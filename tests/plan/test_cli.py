@@ -105,7 +105,7 @@ def test_a_named_gpu_brings_a_typical_pods_ram_unless_ram_is_given():
     assert "typical a100-40gb pod" in plan["hardware"]["ram_source"]
     assert plan["models"][0]["variant"] == "bf16"
     text = run("plan", "--gpu", "A100 40GB", "--disk", "500GB", check_code=0).stdout
-    assert "RAM 85.0 GiB (typical a100-40gb pod; --ram to change)" in text
+    assert "RAM 85.0 GiB (typical a100-40gb pod; --ram to change)" in " ".join(text.split())
     small = json.loads(run("plan", "--json", "--gpu", "A100 40GB", "--ram", "16GiB").stdout)
     assert small["hardware"]["ram_total"] == 16 * 2**30 and small["hardware"]["ram_source"] == "simulated"
 
