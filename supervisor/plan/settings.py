@@ -376,6 +376,10 @@ class Settings:
         "JUPYTER_PASSWORD", "", _secret, "Starts JupyterLab on `JUPYTER_PORT` with this token when set.",
         group="services", secret=True)
     jupyter_port: int = var("JUPYTER_PORT", "8888", _int(1, 65535), "JupyterLab's port.", group="services")
+    jupyter_allow_origin: str = var(
+        "JUPYTER_ALLOW_ORIGIN", "", _text,
+        "Origin JupyterLab accepts cross-origin requests from (`*` for any); empty = its own origin only.",
+        group="services")
     update_nodes_on_start: bool = var(
         "UPDATE_NODES_ON_START", "false", parse_bool,
         "`git pull` every custom node while the weights download; ComfyUI waits for it at most 60 s.",
