@@ -90,6 +90,9 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     env = child_env(settings, environ, catalog)
     env[SESSION_ENV] = str(session)
     env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the log before a crash, not after
+    # The plan numbers GPUs in PCI order (NVML's) and `--cuda-device` names one that way; CUDA's own default order
+    # is fastest first, which differs exactly when the cards differ, the only case where the flag is used.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     cwd = Path(settings.comfyui_dir)
     if settings.comfyui_command:
         return Launch(argv=tuple(settings.comfyui_command), cwd=cwd if cwd.is_dir() else Path("/"), env=env,
