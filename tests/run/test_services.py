@@ -218,6 +218,6 @@ def test_a_hanging_pull_does_not_hold_comfyui_forever(pod, supervisor, fakes):
     run = supervisor(pod, patch="import supervisor.run.services as s; s.NODE_UPDATE_DEADLINE = 0.5")
     run.wait_for("services.node_update_timeout", timeout=10)
     run.wait_for("supervise.ready")
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 30  # the pull sleeps 60 s: ComfyUI did not wait for it
     run.send(signal.SIGTERM)
     assert run.wait() == 143
