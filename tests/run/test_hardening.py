@@ -153,3 +153,21 @@ def test_no_secret_in_anything_the_supervisor_serves(pod, supervisor):
     assert SECRET not in Path(pod.env["LOG_DIR"], "comfyui.log").read_text()
     run.send(signal.SIGTERM)
     run.wait()
+
+
+def test_the_flag_check_is_cached_per_checkout(pod, supervisor):
+    def flags_read() -> dict:
+        run = supervisor(pod)
+        event = run.wait_for("comfyui.flags_read")
+        run.wait_for("supervise.ready")
+        run.send(signal.SIGTERM)
+        run.wait()
+        return event
+
+    first = flags_read()
+    assert first["cached"] is False and first["flags"] > 50
+    again = flags_read()
+    assert again["cached"] is True and again["flags"] == first["flags"]  # no `main.py --help` this time
+    main = Path(pod.env["COMFYUI_DIR"]) / "main.py"
+    main.write_text(main.read_text() + "\n# updated checkout\n")  # a git pull, a new image: ask again
+    assert flags_read()["cached"] is False
