@@ -315,7 +315,7 @@ def test_drain_lets_the_running_prompt_finish(pod, supervisor):
 
 def test_dry_run_launches_comfyui_but_is_not_ready(pod, supervisor):
     pod.env.update(DRY_RUN="true", HF_HUB_OFFLINE="true")
-    run = supervisor(pod, "--gpu", "RTX 4090", "--ram", "64GiB")
+    run = supervisor(pod, "--gpu", "RTX 4090", "--ram", "64GiB", "--disk", "500GB")
     run.wait_for("comfyui.answering")
     deadline = time.monotonic() + 10
     while True:
