@@ -125,7 +125,7 @@ def test_sigterm_stops_promptly_keeping_the_partial(hub, models, big):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
-    assert code == 128 + signal.SIGTERM and time.monotonic() - sent < 3
+    assert code == 128 + signal.SIGTERM and time.monotonic() - sent < 15  # about a second; slack for a busy CI
     assert events(err, "fetch.interrupted") and record_done(models, DEST) > 2 * MB
     assert not (models / DEST).exists() and not list((models / ".supervisor/locks").rglob("*.lock"))
 
