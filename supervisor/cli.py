@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 
 from . import __version__, logs
 from .plan import Context, HardwareOptions, load_context, log_plan, render
+from .plan.report import render_instances
 from .errors import ConfigError, SupervisorError
 
-COMMANDS = ("run", "plan", "probe", "fetch", "check", "health")
+COMMANDS = ("run", "plan", "probe", "fetch", "check", "health", "worker")
 
 
 def _hardware_options(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print what would be downloaded and launched, and why; starts nothing")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--reset-oom", action="store_true",
+                      help="forget the out-of-memory step downs remembered from earlier runs, then plan")
     _hardware_options(plan)
 
     probe = sub.add_parser("probe", help="print the hardware as JSON (GPUs from NVML, RAM, free disk)")
@@ -64,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 if the supervisor reports ready, 1 otherwise (HEALTHCHECK)")
     health.add_argument("--addr", metavar="HOST:PORT", help="status endpoint (default STATUS_ADDR)")
     health.add_argument("--live", action="store_true", help="check liveness (/healthz) instead of readiness")
+    health.add_argument("--instance", metavar="NAME",
+                        help="with COMFYUI_PER_GPU: the readiness of one ComfyUI (comfyui-1, or 1)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+
+    sub.add_parser("worker", help="the RunPod Serverless handler (SERVERLESS=true: `run` starts it); other "
+                   "arguments go to the runpod SDK")
     return parser
 
 
@@ -79,7 +87,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")  # `supervisor` alone, or with only options, is `supervisor run`
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, sdk_args = parser.parse_known_args(argv) if argv[:1] == ["worker"] else (parser.parse_args(argv), [])
     command = args.command or "run"
     # Logs go to stdout for the daemon (the container log) and to stderr for commands whose stdout is data.
     stream = sys.stdout if command == "run" else sys.stderr
@@ -87,6 +96,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                    environ.get("LOG_FORMAT", "auto").strip().lower() or "auto", stream=stream)
     log = logs.get_logger()
     try:
+        if command == "worker":
+            from .serverless import main as worker_main
+            return worker_main(sdk_args, environ)
         if command == "health":
             from .run.health import command as health_command
             return health_command(args, environ)
@@ -131,10 +143,22 @@ def _probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> int:
-    plan = ctx.plan()
-    log_plan(plan)
+    if args.reset_oom:
+        from .plan import memory
+
+        file = memory.path(ctx.settings)
+        forgotten = memory.forget(file)
+        logs.get_logger().info("plan.reset_oom", file=str(file), forgotten=forgotten)
+    plans = ctx.all_plans()
+    for plan in plans:
+        log_plan(plan)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        data = plans[0].to_dict()
+        if len(plans) > 1:
+            data["instances"] = [{**i.to_dict(), "plan": p.to_dict()} for i, p in zip(ctx.instances, plans)]
+        print(json.dumps(data, indent=1, default=str))
+    elif len(plans) > 1:
+        print(render_instances(list(ctx.instances), plans), end="")
     else:
-        print(render(plan), end="")
-    return 0 if plan.runnable else 3
+        print(render(plans[0]), end="")
+    return 0 if all(plan.runnable for plan in plans) else 3

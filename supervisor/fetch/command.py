@@ -21,7 +21,9 @@ def command(ctx: "Context", args: argparse.Namespace) -> int:
     """Exit codes: 0 all present and verified (or the dry run listed everything); 1 a download failed, the disk is
     full, or files are missing offline; 2 access or catalogue problems only (gated, missing repo/file, pinned
     sha256 differs: fixed by HF_TOKEN or the catalogue); 128+N when stopped by signal N (partials kept)."""
-    plan = ctx.plan()
+    from ..plan.instances import pod_files
+
+    plan = pod_files(ctx.all_plans())  # every instance's files, each once
     for error in plan.errors:
         log.warning("fetch.plan_error", message=error)
     dry_run = bool(getattr(args, "dry_run", False)) or ctx.settings.dry_run

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError, Problem
+from .packs import Pack, load_packs
 
 try:  # Python 3.11+
     import tomllib
@@ -92,6 +93,8 @@ class Variant:
     precision: str = "bf16"  # WanVideoModelLoader.base_precision
     quantization: str = "disabled"  # WanVideoModelLoader.quantization
     description: str = ""
+    vram_gib: float = 0.0  # peak VRAM of the feature's workflow with this variant (0: the feature's figure)
+    refused: str = ""  # why the plan will not run this variant (no loader reads it, ...)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ class Feature:
     dynamic: DynamicFiles | None = None
     roles: dict[str, str] = field(default_factory=dict)  # workflow role ("vae", "text_encoder", ...) -> file key
     notes: tuple[str, ...] = ()
+    packs: tuple[str, ...] = ()  # node packs whose nodes load its files (config/packs.toml tables; "ComfyUI" = core)
+    workflow: str = ""  # its minimal API workflow, relative to workflows/
+    workflow_note: str = ""  # why it has none
+    refused: str = ""  # why the image cannot run it: the plan skips it with this reason and downloads nothing
+    resident: bool = False  # stays in VRAM beside the runtime model (comes off its budget) instead of on demand
 
     def families(self) -> list[str]:
         return list(dict.fromkeys(v.family for v in self.variants.values()))
@@ -192,6 +200,7 @@ class Catalog:
     folders: tuple[str, ...]
     planner: PlannerConstants
     sources: tuple[Path, ...] = ()
+    packs: dict[str, Pack] = field(default_factory=dict)  # config/packs.toml, ComfyUI itself under "ComfyUI"
 
     def feature_by_switch(self, switch: str) -> Feature | None:
         return next((f for f in self.features.values() if f.switch == switch), None)
@@ -222,7 +231,8 @@ def load_catalog(extra: Iterable[Path] = (), base: Path | None = None) -> Catalo
         _deep_merge(merged, data)
     if problems:
         raise ConfigError(problems, title="catalogue error")
-    catalog = _build(merged, origin, problems, tuple(Path(p) for p in paths))
+    packs = load_packs(Path(base).parent / "packs.toml", problems)
+    catalog = _build(merged, origin, problems, tuple(Path(p) for p in paths), packs)
     if problems:
         raise ConfigError(problems, title="catalogue error")
     return catalog
@@ -280,7 +290,7 @@ def _where(origin: dict[tuple[str, str], Path], table: str, key: str) -> str:
 
 
 def _build(data: dict[str, Any], origin: dict[tuple[str, str], Path], problems: list[Problem],
-           sources: tuple[Path, ...]) -> Catalog:
+           sources: tuple[Path, ...], packs: dict[str, Pack]) -> Catalog:
     folders_entry = _Entry("[catalog]", data.get("catalog", {}), problems)
     folders = folders_entry.strings("folders")
     folders_entry.finish()
@@ -296,6 +306,10 @@ def _build(data: dict[str, Any], origin: dict[tuple[str, str], Path], problems: 
     features: dict[str, Feature] = {}
     for name, raw in (data.get("features") or {}).items():
         feature = _feature(name, raw, files, folders, _where(origin, "features", name), problems)
+        for pack in feature.packs if feature else ():
+            if pack not in packs:
+                problems.append(Problem(_where(origin, "features", name), f"names unknown node pack '{pack}'",
+                                        f"use one of {', '.join(packs) or '(none)'} (config/packs.toml)"))
         if feature:
             features[name] = feature
     _check_switches(features, origin, problems)
@@ -304,7 +318,7 @@ def _build(data: dict[str, Any], origin: dict[tuple[str, str], Path], problems: 
             if required not in features:
                 problems.append(Problem(_where(origin, "features", feature.name),
                                         f"requires unknown feature '{required}'"))
-    return Catalog(files=files, features=features, folders=folders, planner=planner, sources=sources)
+    return Catalog(files=files, features=features, folders=folders, planner=planner, sources=sources, packs=packs)
 
 
 def _planner(raw: Any, problems: list[Problem]) -> PlannerConstants:
@@ -430,7 +444,8 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
         variants[vname] = Variant(
             name=vname, family=ventry.get("family", str, vname.split(":")[0]), files=vfiles, dit=dit,
             precision=ventry.get("precision", str, "bf16"), quantization=ventry.get("quantization", str, "disabled"),
-            description=ventry.get("description", str, ""))
+            description=ventry.get("description", str, ""), vram_gib=ventry.get("vram_gib", float, 0.0),
+            refused=ventry.get("refused", str, ""))
         ventry.finish()
     runtime = None
     if "runtime" in entry.data:
@@ -461,7 +476,10 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
         auto=entry.get("auto", bool, False), multi_choice=entry.get("multi_choice", bool, False),
         requires_gpu=entry.get("requires_gpu", bool, False), vram_gib=entry.get("vram_gib", float, 0.0),
         runtime=runtime, requires=entry.strings("requires"), min_tier=entry.get("min_tier", str, ""),
-        dynamic=dynamic, roles=_roles(entry, feature_files, where, problems), notes=entry.strings("notes"))
+        dynamic=dynamic, roles=_roles(entry, feature_files, where, problems), notes=entry.strings("notes"),
+        packs=entry.strings("packs"), workflow=entry.get("workflow", str, ""),
+        workflow_note=entry.get("workflow_note", str, ""), refused=entry.get("refused", str, ""),
+        resident=entry.get("resident", bool, False))
     entry.used.add("runtime")
     entry.used.add("dynamic")
     entry.finish()
@@ -477,6 +495,9 @@ def _feature(name: str, raw: Any, files: dict[str, FileSpec], folders: tuple[str
             problems.append(Problem(where, f"variant_default {feature.variant_default!r}: {exc}"))
     if feature.auto and any(v.dit is None for v in variants.values()):
         problems.append(Problem(where, "auto variants need a 'dit' file each, to size them"))
+    if feature.workflow and (not feature.workflow.endswith(".json") or ".." in feature.workflow
+                             or feature.workflow.startswith("/")):
+        problems.append(Problem(where, f"workflow {feature.workflow!r} must be a .json path under workflows/"))
     if feature.min_tier and feature.min_tier not in ("consumer", "prosumer", "datacenter"):
         problems.append(Problem(where, f"min_tier {feature.min_tier!r} is not consumer/prosumer/datacenter"))
     return feature

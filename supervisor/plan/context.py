@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 from . import hardware as hw
 from .. import logs
-from . import volume
+from . import memory, volume
 from .catalog import Catalog, load_catalog
+from .instances import Instance, instances
 from ..errors import ConfigError
 from .types import Plan
 from .planner import make_plan
@@ -38,11 +39,38 @@ class Context:
     settings: Settings
     catalog: Catalog
     hardware: hw.Hardware
+    instances: tuple[Instance, ...] = ()  # the ComfyUIs this pod runs (one, or one per GPU); see instances.py
 
-    def plan(self, degrade: Mapping[str, int] | None = None) -> Plan:
-        """Plan against what is on the volume now (one stat per file, no hashing)."""
-        present = volume.present(self.settings.models_dir, self.catalog.files.values())
-        return make_plan(self.settings, self.catalog, self.hardware, present, degrade)
+    def plan(self, degrade: Mapping[str, int] | None = None, instance: Instance | None = None) -> Plan:
+        """Plan against what is on the volume now (one stat per file, no hashing), for one instance (the first
+        by default). Without `degrade`, the plan a start begins with (see `starting`)."""
+        if degrade is None:
+            return self.starting(instance)[0]
+        return make_plan(self.settings, self.catalog, self._hardware(instance), self._present(), degrade)
+
+    def starting(self, instance: Instance | None = None) -> tuple[Plan, str]:
+        """The plan a start begins with, and its memory key: a step down remembered from an earlier run applies
+        while the plan's inputs are the same (memory.py)."""
+        present, hardware = self._present(), self._hardware(instance)
+        base = make_plan(self.settings, self.catalog, hardware, present)
+        key, file = memory.key(base), memory.path(self.settings)
+        entry = memory.load(file, key)
+        if entry is None:
+            return base, key
+        plan = make_plan(self.settings, self.catalog, hardware, present, entry["degrade"])
+        return replace(plan, remembered={**entry, "file": str(file)}), key
+
+    def all_plans(self) -> list[Plan]:
+        """The starting plan of every instance, in instance order."""
+        return [self.plan(instance=instance) for instance in self.instances or (None,)]
+
+    def _hardware(self, instance: Instance | None) -> hw.Hardware:
+        if instance is None:
+            return self.instances[0].hardware if self.instances else self.hardware
+        return instance.hardware
+
+    def _present(self) -> frozenset[str]:
+        return volume.present(self.settings.models_dir, self.catalog.files.values())
 
 
 def load_context(environ: Mapping[str, str] | None = None, options: HardwareOptions = HardwareOptions(),
@@ -72,7 +100,8 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
     for secret in settings.secrets():
         logs.register_secret(secret)
     hardware = resolve_hardware(settings.models_dir, options, environ, nvml)
-    return Context(settings=settings, catalog=catalog, hardware=hardware)
+    return Context(settings=settings, catalog=catalog, hardware=hardware,
+                   instances=tuple(instances(settings, hardware)))
 
 
 def _shipped_catalog() -> Catalog | None:

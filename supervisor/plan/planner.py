@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
 from .catalog import Catalog, Feature, FileSpec, Variant
+from .features import (coexistence_warnings, describe, feature_vram, held_lines, occupied_bytes, occupied_warning,
+                           refusal)
 from .hardware import GIB, MIB, Gpu, Hardware
 from .types import (FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED, BudgetLine, Download, ModelChoice, Plan,
                    ResourceCheck, Step, VramBudget, WanKnobs, gib)
@@ -75,14 +77,15 @@ class _Sizer:
     """Sizes the variants of one runtime feature on one GPU."""
 
     def __init__(self, feature: Feature, catalog: Catalog, gpu: Gpu, ram_capacity: int, disk_left: int,
-                 present: Collection[str]):
+                 present: Collection[str], held: list[BudgetLine] | None = None):
         self.feature, self.files, self.c = feature, catalog.files, catalog.planner
         self.rt = feature.runtime
         assert self.rt is not None
         self.gpu, self.ram_capacity, self.disk_left, self.present = gpu, ram_capacity, disk_left, present
         self.capacity = gib(gpu.total)
         self.reserved = gib(gpu.reserved)
-        self.usable = self.capacity - self.reserved - self.c.cuda_context_gib
+        self.held = list(held or [])  # other processes' and resident features' VRAM: not the model's to use
+        self.usable = self.capacity - self.reserved - self.c.cuda_context_gib - sum(h.gib for h in self.held)
         self.headroom = max(self.c.headroom_min_gib, self.c.headroom_fraction * self.usable)
         self.budget = self.usable - self.headroom
 
@@ -143,6 +146,7 @@ class _Sizer:
 
         lines = [BudgetLine("driver reserved", round(self.reserved, 2), "NVML memory v2"),
                  BudgetLine("CUDA context", self.c.cuda_context_gib, "per process, measured on H100/H200"),
+                 *self.held,
                  BudgetLine(f"DiT {variant.name} resident", round(peak_gib - rt.activation_gib - lora, 2),
                             f"{rt.blocks - shown_swap} of {rt.blocks} blocks"
                             + (" + 1 prefetched" if 0 < shown_swap else "") + f" of {dit:.1f} GiB")]
@@ -212,11 +216,17 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
         skip = _skip_reason(feature, settings, catalog, gpu, tier)
         if skip and feature.requires and not selection.explicit:
             continue  # a default-on add-on (illustrious embeddings) of a feature that is off: nothing to say
+        refused = refusal(feature, selection.variant)
+        if refused and not skip:
+            skip = f"refused, nothing downloaded: {refused}"
         if skip:
             models.append(ModelChoice(feature.name, selection.variant, SKIPPED, skip))
             warnings.append(f"{feature.switch}: {skip}")
             continue
         active.append(feature)
+    if gpu is not None and occupied_warning(gpu, catalog.planner.cuda_context_gib):
+        warnings.append(occupied_warning(gpu, catalog.planner.cuda_context_gib))
+    held = held_lines(gpu, [(f, settings.features[f.name].variant) for f in active if f.resident]) if gpu else []
 
     # Fixed files first, so the variant choice knows how much disk is left.
     for feature in active:
@@ -247,7 +257,7 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
         if feature.runtime is not None and gpu is not None:
             choice, budget, files, ram_need, problems, notes = _plan_runtime(
                 feature, selection.variant, settings, catalog, gpu, ram_capacity,
-                disk_allowance - fixed_missing, present, degrade.get(feature.name, 0))
+                disk_allowance - fixed_missing, present, degrade.get(feature.name, 0), held)
             models.append(choice)
             warnings.extend(notes)
             errors.extend(problems)
@@ -268,7 +278,11 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
             need(files, feature.name)
             fixed_missing += sum(specs[k].size for k in files if specs[k].dest not in present)
         else:
-            models.append(_plan_on_demand(feature, selection, gpu, warnings, catalog))
+            models.append(_plan_on_demand(feature, selection, gpu, warnings, catalog, held))
+    models = describe(models, catalog, settings.features)
+    if gpu is not None:
+        free_gib = gib(gpu.usable - occupied_bytes(gpu)) - catalog.planner.cuda_context_gib
+        warnings.extend(coexistence_warnings(models, budgets, catalog, gpu, free_gib))
 
     downloads = tuple(Download.from_spec(specs[k], tuple(fs), specs[k].dest in present) for k, fs in requested.items())
     missing = sum(d.size for d in downloads if not d.present)
@@ -319,26 +333,32 @@ def _civitai_spec(feature: Feature, version: str) -> FileSpec:
                     kind="url", url=f"{CIVITAI_DOWNLOAD}{version}", auth_env="CIVITAI_API_KEY")
 
 
-def _plan_on_demand(feature: Feature, selection, gpu: Gpu | None, warnings: list[str], catalog: Catalog) -> ModelChoice:
+def _plan_on_demand(feature: Feature, selection, gpu: Gpu | None, warnings: list[str], catalog: Catalog,
+                    held: list[BudgetLine]) -> ModelChoice:
     variant = ",".join(selection.choices) if feature.multi_choice else selection.variant
     if gpu is None:
         return ModelChoice(feature.name, variant, ON_DEMAND, "no GPU: ComfyUI runs it on the CPU (--cpu)")
-    usable = gib(gpu.usable) - catalog.planner.cuda_context_gib
-    if feature.vram_gib and feature.vram_gib > usable:
-        warnings.append(f"{feature.switch}: needs about {feature.vram_gib:g} GiB of VRAM, {usable:.1f} GiB usable; "
+    # What other processes hold is gone already; what the other resident features hold is gone too.
+    others = sum(h.gib for h in held if h.item.endswith("(resident)") and not h.item.startswith(f"held: {feature.name}"))
+    usable = gib(gpu.usable - occupied_bytes(gpu)) - catalog.planner.cuda_context_gib - others
+    need = feature_vram(feature, None if feature.multi_choice else selection.variant)
+    how = "stays loaded (resident)" if feature.resident else "its workflow loads it when run"
+    if need and need > usable:
+        warnings.append(f"{feature.switch}: its workflow peaks at about {need:g} GiB of VRAM, {usable:.1f} GiB usable; "
                         "ComfyUI will load it partially (slow) or fail with out of memory")
-        reason = f"ComfyUI loads it on demand; needs about {feature.vram_gib:g} GiB, more than the {usable:.1f} GiB usable"
-    elif feature.vram_gib:
-        reason = f"ComfyUI loads it on demand; about {feature.vram_gib:g} of {usable:.1f} GiB usable"
+        reason = f"{how}; peak about {need:g} GiB, more than the {usable:.1f} GiB usable"
+    elif need:
+        reason = f"{how}; peak about {need:g} of {usable:.1f} GiB usable"
     else:
-        reason = "ComfyUI loads it on demand"
+        reason = how
     return ModelChoice(feature.name, variant, ON_DEMAND, reason)
 
 
 def _plan_runtime(feature: Feature, choice: str | None, settings: Settings, catalog: Catalog, gpu: Gpu,
-                  ram_capacity: int, disk_left: int, present: Collection[str], degrade: int):
+                  ram_capacity: int, disk_left: int, present: Collection[str], degrade: int,
+                  held: list[BudgetLine] | None = None):
     """Choose variant and block swap for a DiT model. Returns (choice, budget, files, ram_need, errors, warnings)."""
-    sizer = _Sizer(feature, catalog, gpu, ram_capacity, disk_left, present)
+    sizer = _Sizer(feature, catalog, gpu, ram_capacity, disk_left, present, held or [])
     mode = settings.gpu_memory_mode
     explicit = choice not in (None, "auto") and choice in feature.variants
     candidates = feature.candidates(choice)
@@ -447,7 +467,7 @@ def comfyui_flags(settings: Settings, catalog: Catalog, gpu: Gpu | None, models:
         if gpu.cuda_index != 0:
             # ComfyUI's --cuda-device sets CUDA_VISIBLE_DEVICES itself, so it takes the container's own index.
             flags += ["--cuda-device", str(gpu.index)]
-        usable = gib(gpu.usable) - c.cuda_context_gib
+        usable = gib(gpu.usable - occupied_bytes(gpu)) - c.cuda_context_gib
         offloads = {m.offload for m in models if m.knobs is not None}
         if SEQUENTIAL in offloads or settings.gpu_memory_mode == SEQUENTIAL or usable < c.lowvram_max_gib:
             vram_flag = "--lowvram"

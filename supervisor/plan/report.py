@@ -84,6 +84,14 @@ def render(plan: Plan, command: tuple[str, ...] = (), width: int | None = None) 
         if model.ladder:
             steps = " -> ".join(f"{s.variant}/{s.offload}/{s.blocks_to_swap}" for s in model.ladder)
             out += _wrap(f"{model.feature} after out of memory: {steps}", width, "  ")
+    if plan.remembered:
+        out += _wrap(remembered_text(plan), width, "  ")
+    rows = [[m.feature, ", ".join(m.packs) or "-", f"{m.vram_gib:g}" if m.vram_gib else "-", m.workflow or "-"]
+            for m in plan.models]
+    if rows:
+        out.append("")
+        out.append("Features: node packs (pinned) and minimal workflows")
+        out += _table(["feature", "node packs", "peak GiB", "workflow (workflows/)"], rows, width)
     for budget in plan.vram_budget:
         out.append("")
         out.append(f"VRAM budget: {budget.feature} (GiB)")
@@ -132,14 +140,47 @@ def log_plan(plan: Plan) -> None:
                      "base_precision": model.knobs.base_precision, "load_device": model.knobs.load_device,
                      "text_encoder_device": model.knobs.text_encoder_device}
         log.info("plan.decision", feature=model.feature, variant=model.variant, offload=model.offload,
-                 reason=model.reason, knobs=knobs)
+                 reason=model.reason, knobs=knobs, packs=list(model.packs), workflow=model.workflow,
+                 vram_gib=model.vram_gib or None)
     for budget in plan.vram_budget:
         log.info("plan.vram_budget", feature=budget.feature, total_gib=budget.total_gib,
                  capacity_gib=budget.capacity_gib, fits=budget.fits)
     log.info("plan.downloads", files=len(plan.downloads), missing=len(plan.missing()),
              missing_bytes=sum(d.size for d in plan.missing()), disk_fits=plan.disk.fits)
     log.info("plan.comfyui_args", args=list(plan.comfyui_args))
+    if plan.remembered:
+        log.warning("plan.remembered_step_down", degrade=dict(plan.degrade), why=plan.remembered.get("why"),
+                    at=plan.remembered.get("at"), message=remembered_text(plan))
     for warning in plan.warnings:
         log.warning("plan.warning", message=warning)
     for error in plan.errors:
         log.error("plan.error", message=error)
+
+
+def remembered_text(plan: Plan) -> str:
+    r = plan.remembered
+    steps = ", ".join(f"{feature} {n} step{'s' if n != 1 else ''} down" for feature, n in plan.degrade.items())
+    return (f"remembered from an earlier run ({r.get('at')}): {steps} after out of memory ({r.get('why')}); "
+            f"to start from the top of the ladder again: `supervisor plan --reset-oom` (or delete {r.get('file')})")
+
+
+def render_instances(instances: list, plans: list[Plan]) -> str:
+    """One ComfyUI per GPU: a table of the instances, then each distinct plan once."""
+    rows = []
+    for instance, plan in zip(instances, plans):
+        gpu = instance.gpu
+        choice = ", ".join(f"{m.variant}/{m.offload}/{m.knobs.blocks_to_swap}" for m in plan.models if m.knobs) or "-"
+        peak = max((b.total_gib for b in plan.vram_budget), default=0.0)
+        rows.append([instance.name, f"{gpu.name} (#{gpu.index})" if gpu else "-", str(instance.port),
+                     instance.cuda_visible_devices or "-", choice + (f", peak {peak:.1f} GiB" if peak else "")])
+    out = [f"Instances: {len(instances)} ComfyUIs, one per GPU (COMFYUI_PER_GPU=true); each plans for its own GPU and "
+           f"1/{len(instances)} of the RAM ({plans[0].hardware.ram_total / GIB:.1f} GiB)", ""]
+    out += _table(["instance", "GPU", "port", "CUDA_VISIBLE_DEVICES", "plan"], rows)
+    shown: dict[str, str] = {}
+    for instance, plan in zip(instances, plans):
+        text = render(plan)
+        out += ["", f"== {instance.name}: {instance.gpu.name if instance.gpu else 'CPU'}, port {instance.port} =="]
+        same = shown.get(text)
+        out += [f"(the same plan as {same})"] if same else text.rstrip("\n").split("\n")
+        shown.setdefault(text, instance.name)
+    return "\n".join(out) + "\n"

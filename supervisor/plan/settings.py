@@ -158,11 +158,28 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def _optional_address(text: str) -> tuple[str, int] | None:
+    return _address(text) if text.strip() else None
+
+
 def _url(text: str) -> str:
     text = text.strip().rstrip("/")
     if not text.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
     return text
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise ValueError(f"{part!r} is not a port: expected a comma list of ports from 1 to 65535")
+        if int(part) in ports:
+            raise ValueError(f"port {part} is listed twice: each ComfyUI needs its own")
+        ports.append(int(part))
+    return tuple(ports)
 
 
 def _paths(text: str) -> tuple[Path, ...]:
@@ -180,7 +197,8 @@ def var(name: str, default: str, parser: Callable[[str], Any], doc: str, *, grou
     return field(default=parser(default) if default != "" or parser in _EMPTY_OK else None, metadata=meta)
 
 
-_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _workflow_file}
+_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports, _optional_address,
+                                        _workflow_file}
 
 
 @dataclass(frozen=True)
@@ -231,6 +249,14 @@ class Settings:
 
     # ComfyUI launch
     comfyui_port: int = var("COMFYUI_PORT", "8188", _int(1, 65535), "ComfyUI's HTTP port.", group="comfyui")
+    comfyui_per_gpu: bool = var(
+        "COMFYUI_PER_GPU", "false", parse_bool,
+        "One ComfyUI per visible GPU, each with its own plan, port, log and restarts; off: one ComfyUI on the "
+        "largest GPU.", group="comfyui")
+    comfyui_ports: tuple[int, ...] = var(
+        "COMFYUI_PORTS", "", _ports,
+        "With `COMFYUI_PER_GPU`: the instances' ports in GPU order (comma list); empty = `COMFYUI_PORT`, then "
+        "`COMFYUI_PORT`+100, +200, ..., skipping the status and JupyterLab ports.", group="comfyui")
     comfyui_listen: str = var(
         "COMFYUI_LISTEN", "0.0.0.0", _listen, "Address ComfyUI listens on (`--listen`).", group="comfyui")
     comfyui_args: tuple[str, ...] = var(
@@ -279,6 +305,18 @@ class Settings:
     oom_downgrade: bool = var(
         "OOM_DOWNGRADE", "true", parse_bool,
         "After an out-of-memory exit, restart with the next lower step of the plan.", group="supervise")
+    oom_step_down: str = var(
+        "OOM_STEP_DOWN", "idle", _choice("idle", "next-start", "off"),
+        "After `OOM_STEP_DOWN_AFTER` out-of-memory errors inside prompts on one rung: `idle` restarts ComfyUI on the "
+        "next rung of the plan's ladder once no prompt is queued; `next-start` only remembers the rung for the next "
+        "start; `off` counts and reports them.", group="supervise")
+    oom_step_down_after: int = var(
+        "OOM_STEP_DOWN_AFTER", "2", _int(1),
+        "In-prompt out-of-memory errors on the current rung before `OOM_STEP_DOWN` acts.", group="supervise")
+    oom_retry_prompt: bool = var(
+        "OOM_RETRY_PROMPT", "false", parse_bool,
+        "After an `idle` step-down, submit the prompt that ran out of memory once more on the new rung.",
+        group="supervise")
     shutdown_grace: float = var(
         "SHUTDOWN_GRACE", "8", _float(0),
         "Seconds between SIGTERM to ComfyUI and SIGKILL (fits `docker stop`'s 10 s).", group="supervise")
@@ -290,6 +328,10 @@ class Settings:
         "PREWARM", "false", parse_bool,
         "After ready, read the plan's weights once so the first prompt loads from the page cache.",
         group="supervise")
+    ready_when: str = var(
+        "READY_WHEN", "all", _choice("all", "any"),
+        "With several ComfyUI instances (`COMFYUI_PER_GPU`): the pod is ready when `all` are ready, or when `any` "
+        "is.", group="supervise")
     status_addr: tuple[str, int] = var(
         "STATUS_ADDR", "127.0.0.1:8189", _address,
         "HOST:PORT of the supervisor's `/healthz`, `/readyz` and `/status` endpoint.", group="supervise")
@@ -387,16 +429,54 @@ class Settings:
     enable_r2_sync: bool = var(
         "ENABLE_R2_SYNC", "false", parse_bool,
         "Template's output upload daemon: not implemented in this image (a warning says so).", group="services")
-    r2_endpoint: str = var("R2_ENDPOINT", "", _text, "R2 endpoint (unused, see `ENABLE_R2_SYNC`).",
-                           group="services")
-    r2_bucket: str = var("R2_BUCKET", "", _text, "R2 bucket (unused).", group="services")
-    r2_access_key_id: Secret = var("R2_ACCESS_KEY_ID", "", _secret, "R2 key id (unused; never logged).",
-                                   group="services", secret=True)
-    r2_secret_access_key: Secret = var("R2_SECRET_ACCESS_KEY", "", _secret, "R2 secret (unused; never logged).",
+    r2_endpoint: str = var(
+        "R2_ENDPOINT", "", _text,
+        "S3 endpoint of the output bucket, e.g. `https://<account>.r2.cloudflarestorage.com`; empty = AWS S3.",
+        group="services")
+    r2_bucket: str = var(
+        "R2_BUCKET", "", _text,
+        "Bucket for outputs; when set, the serverless worker uploads its outputs there and returns URLs.",
+        group="services")
+    r2_access_key_id: Secret = var(
+        "R2_ACCESS_KEY_ID", "", _secret, "Key id for the bucket; empty = boto3's own credentials (env, IAM role). "
+        "Never logged.", group="services", secret=True)
+    r2_secret_access_key: Secret = var("R2_SECRET_ACCESS_KEY", "", _secret, "Secret key for the bucket. Never logged.",
                                        group="services", secret=True)
+    r2_region: str = var(
+        "R2_REGION", "auto", _text, "Signing region: `auto` for R2, the bucket's region for AWS S3.",
+        group="services")
+    r2_public_url: str = var(
+        "R2_PUBLIC_URL", "", _text,
+        "Public base URL of the bucket (an R2 custom domain): output URLs are then `<R2_PUBLIC_URL>/<key>` "
+        "instead of presigned.", group="services")
+    r2_url_expiry: int = var(
+        "R2_URL_EXPIRY", "604800", _int(1, 604800),
+        "Seconds a presigned output URL stays valid (at most 7 days).", group="services")
     storage_mode: str = var(
         "STORAGE_MODE", "auto", _choice("auto", "persistent", "ephemeral"),
         "Template variable, read by nothing there either; accepted and reported only.", group="services")
+
+    # RunPod Serverless worker
+    serverless: bool = var(
+        "SERVERLESS", "false", parse_bool,
+        "Run a RunPod Serverless worker (`supervisor worker`) beside ComfyUI: it takes jobs once the pod is ready. "
+        "sshd and JupyterLab are not started.", group="serverless")
+    serverless_api_addr: tuple[str, int] | None = var(
+        "SERVERLESS_API_ADDR", "", _optional_address,
+        "HOST:PORT to serve the runpod SDK's local test API (`/run`, `/runsync`, `/status`) instead of taking jobs "
+        "from RunPod's queue: for trying a worker image on your own machine.", group="serverless")
+    serverless_output: str = var(
+        "SERVERLESS_OUTPUT", "auto", _choice("auto", "base64", "s3"),
+        "How a job returns its outputs: `s3` uploads them to `R2_BUCKET` and returns URLs, `base64` puts them in "
+        "the result (RunPod caps a result at 20 MB), `auto` = `s3` when `R2_BUCKET` is set.", group="serverless")
+    serverless_job_timeout: float = var(
+        "SERVERLESS_JOB_TIMEOUT", "0", _float(0),
+        "Seconds a job may run in ComfyUI before its prompt is interrupted and the job fails; 0 = no limit here "
+        "(the endpoint's execution timeout still applies).", group="serverless")
+    serverless_ready_timeout: float = var(
+        "SERVERLESS_READY_TIMEOUT", "600", _float(0),
+        "Seconds a job waits for the pod to be ready again (a ComfyUI restart) before it fails.",
+        group="serverless")
 
     # Logging
     log_format: str = var(
@@ -488,8 +568,17 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
     warnings += misspelt_variables(environ, catalog)
     if problems:
         raise ConfigError(problems, title="invalid environment")
+    settings_problems = _port_problems(values)
+    if settings_problems:
+        raise ConfigError(settings_problems, title="invalid environment")
     if values.get("enable_r2_sync"):
         warnings.append("ENABLE_R2_SYNC=true: output upload is not implemented in this image; outputs stay on the volume")
+    if values.get("serverless"):
+        off = [name for name, attr in (("PUBLIC_KEY", "public_key"), ("JUPYTER_PASSWORD", "jupyter_password"))
+               if values.get(attr)]
+        if off:
+            warnings.append(f"SERVERLESS=true: {' and '.join(off)} ignored; a serverless worker runs no sshd or "
+                            "JupyterLab (jobs come through the RunPod queue)")
     return Settings(**values, features=features, warnings=tuple(warnings))
 
 
@@ -548,6 +637,28 @@ def _one_edit(a: str, b: str) -> bool:
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
     i = next((k for k in range(len(short)) if short[k] != long_[k]), len(short))
     return short[i:] == long_[i + 1:]
+
+
+def _port_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """Ports two services of the pod would both bind: found here, before anything is launched."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+
+    def get(name: str) -> Any:
+        return values.get(name, defaults[name])
+
+    taken = {get("status_addr")[1]: "STATUS_ADDR", get("jupyter_port"): "JUPYTER_PORT"}
+    if get("serverless_api_addr") is not None:
+        taken[get("serverless_api_addr")[1]] = "SERVERLESS_API_ADDR"
+    problems = []
+    comfy = [("COMFYUI_PORTS", port) for port in get("comfyui_ports")] or [("COMFYUI_PORT", get("comfyui_port"))]
+    for name, port in comfy:
+        if port in taken:
+            problems.append(Problem(name, f"port {port} is also {taken[port]}'s port",
+                                    f"give ComfyUI another port, or move {taken[port]}"))
+    if get("comfyui_per_gpu") and any(a == "--port" or a.startswith("--port=") for a in get("comfyui_args")):
+        problems.append(Problem("COMFYUI_ARGS", "--port would put every ComfyUI of COMFYUI_PER_GPU on one port",
+                                "remove --port; set COMFYUI_PORT (the first instance) or COMFYUI_PORTS (all)"))
+    return problems
 
 
 def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dict[str, FeatureSelection], list[Problem], list[str]]:

@@ -113,6 +113,9 @@ class ModelChoice:
     knobs: WanKnobs | None = None
     ladder: tuple[Step, ...] = ()  # the remaining fallbacks, next first
     notes: tuple[str, ...] = ()
+    packs: tuple[str, ...] = ()  # node packs that load its files, with their pins ("ComfyUI-GGUF@be2a0833")
+    workflow: str = ""  # its minimal workflow under workflows/ (or "none: why")
+    vram_gib: float = 0.0  # peak VRAM while its workflow runs (on-demand features)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     degrade: Mapping[str, int] = field(default_factory=dict)
+    remembered: Mapping[str, Any] = field(default_factory=dict)  # a step down remembered from an earlier run
 
     @property
     def runnable(self) -> bool:

@@ -67,11 +67,29 @@ class ComfyClient:
     def history(self, prompt_id: str, timeout: float | None = None) -> dict[str, Any]:
         return self._get(f"/history/{prompt_id}", timeout).get(prompt_id, {})
 
+    def recent_history(self, max_items: int = 8, timeout: float | None = None) -> dict[str, Any]:
+        """The last `max_items` finished prompts, {prompt_id: entry}."""
+        return self._get(f"/history?max_items={max_items}", timeout)
+
     def interrupt(self) -> None:
         self._http.post("/interrupt", json={})
 
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         self._http.post("/free", json={"unload_models": unload_models, "free_memory": free_memory})
+
+
+def out_of_memory(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """For a /history entry whose prompt failed with torch's out-of-memory error: the prompt id, the node and what
+    torch said (the sizes); else None."""
+    status = entry.get("status") or {}
+    if status.get("status_str") != "error":
+        return None
+    for kind, data in reversed(status.get("messages") or []):
+        if kind == "execution_error" and str(data.get("exception_type", "")).endswith("OutOfMemoryError"):
+            message = str(data.get("exception_message", "")).strip().splitlines()
+            return {"prompt_id": data.get("prompt_id"), "node_id": data.get("node_id"),
+                    "node_type": data.get("node_type"), "message": message[0] if message else "out of memory"}
+    return None
 
 
 def history_outcome(entry: Mapping[str, Any]) -> tuple[bool | None, str]:

@@ -1,5 +1,9 @@
 """Why did ComfyUI exit? One class per exit, from its code, its signal, its last log lines and what we did to it.
 
+The last lines are evidence of this exit only: out-of-memory lines of a prompt that ComfyUI survived (it catches
+the error, logs "Got an OOM" and goes on) are dropped by the unit when the prompt ends (unit.py, `on_line`), so a
+later reboot, `kill -9` or crash is classified by what happened then.
+
 Classes (evidence -> what the restart policy in restart.py does):
 
     oom              "CUDA out of memory" / torch.OutOfMemoryError / "Got an OOM" in the last lines, or SIGKILL /
@@ -13,6 +17,8 @@ Classes (evidence -> what the restart policy in restart.py does):
     reboot           ComfyUI-Manager's marker ($__COMFY_CLI_SESSION__.reboot), exit 0 -> at once, not a failure
     signal           ended by a signal we forwarded (HUP, USR1, USR2)             -> at once, not a failure
     hang, startup_timeout   we killed it: liveness failed / never answered in time -> restart with backoff
+    step_down        we restarted it on a lower rung after out-of-memory errors inside prompts -> at once, not a
+                     failure
     stopped          exit 0 without a reboot request                              -> restart with backoff
     crash            anything else                                                -> restart with backoff
 """
@@ -39,6 +45,7 @@ STOPPED = "stopped"
 CRASH = "crash"
 KILLED = "killed"
 SHUTDOWN = "shutdown"
+STEP_DOWN = "step_down"
 
 _CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|Got an OOM|CUDA error: out of memory|HIP out of memory",
                        re.IGNORECASE)

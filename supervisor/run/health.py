@@ -29,7 +29,8 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     elif host == "::":
         host = "::1"
     shown = f"[{host}]" if ":" in host else host
-    route = "/healthz" if getattr(args, "live", False) else "/readyz"
+    instance = getattr(args, "instance", None)
+    route = "/healthz" if getattr(args, "live", False) else (f"/readyz/{instance}" if instance else "/readyz")
     url = f"http://{shown}:{port}{route}"
     timeout = float(getattr(args, "timeout", 3.0) or 3.0)
     # No proxies: the status endpoint is local, and a pod's HTTP_PROXY must not capture the check.
@@ -45,9 +46,10 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"unhealthy: no answer from the supervisor at {url}: {reason}")
         return 1
     if code == 200:
-        print("live" if route == "/healthz" else "ready")
+        print("live" if route == "/healthz" else (f"{instance} ready" if instance else "ready"))
         return 0
     why = body.get("reason") or "; ".join(body.get("not_ready", [])) or f"HTTP {code}"
+    why = body.get("error") or why
     print(f"{'not live' if route == '/healthz' else 'not ready'}: {why}")
     return 1
 

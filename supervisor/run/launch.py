@@ -74,18 +74,29 @@ def write_model_paths(settings, catalog) -> Path:
     return path
 
 
-def data_dirs(settings) -> dict[str, Path]:
+def data_dirs(settings, instance=None) -> dict[str, Path]:
+    """ComfyUI's folders on the volume. With one ComfyUI per GPU, the first instance keeps these and every other
+    gets its own user folder (its workflows are resolved for its own GPU's plan; its own database), its own temp
+    folder (ComfyUI empties it at start) and its own output folder under the first one's (ComfyUI numbers files by
+    listing the folder: two processes in one folder could pick the same name). Inputs are shared."""
     base = Path(settings.comfyui_data_dir).absolute()
     dirs = {"--input-directory": base / "input", "--output-directory": base / "output",
             "--user-directory": base / "user"}
+    if instance is not None and instance.per_gpu and instance.index > 0:
+        own = base / "instances" / instance.name
+        dirs.update({"--output-directory": base / "output" / f"gpu{instance.index}", "--user-directory": own / "user",
+                     "--temp-directory": own})
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)  # --user-directory must exist (argparse checks it)
     return dirs
 
 
-def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mapping[str, str]) -> Launch:
-    """The command for this plan. `known` is the installed ComfyUI's flags (None if its --help failed)."""
-    session = state_dir(settings) / "comfyui-session"
+def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mapping[str, str],
+                 instance=None) -> Launch:
+    """The command for this plan (and instance, with COMFYUI_PER_GPU). `known` is the installed ComfyUI's flags
+    (None if its --help failed)."""
+    suffix = f"-{instance.index}" if instance is not None and instance.per_gpu and instance.index > 0 else ""
+    session = state_dir(settings) / f"comfyui-session{suffix}"
     session.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(settings, environ, catalog)
     env[SESSION_ENV] = str(session)
@@ -93,31 +104,37 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     # The plan numbers GPUs in PCI order (NVML's) and `--cuda-device` names one that way; CUDA's own default order
     # is fastest first, which differs exactly when the cards differ, the only case where the flag is used.
     env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    # comfyui_controlnet_aux reads its weights (DWPose, ...) from here: the catalogue puts them under annotators/.
+    env.setdefault("AUX_ANNOTATOR_CKPTS_PATH", str(Path(settings.models_dir).absolute() / "annotators"))
+    if instance is not None and instance.cuda_visible_devices:
+        env["CUDA_VISIBLE_DEVICES"] = instance.cuda_visible_devices  # its own GPU, as cuda:0
+    port = instance.port if instance is not None else settings.comfyui_port
     cwd = Path(settings.comfyui_dir)
     if settings.comfyui_command:
         return Launch(argv=tuple(settings.comfyui_command), cwd=cwd if cwd.is_dir() else Path("/"), env=env,
-                      url=probe_url(settings.comfyui_listen, settings.comfyui_port, ()), custom=True, session=session)
+                      url=probe_url(settings.comfyui_listen, port, ()), custom=True, session=session)
     user = tuple(plan.comfyui_args)
     argv: list[str] = [settings.python, "main.py"]
     if not _has(user, "--listen"):
         argv += ["--listen", settings.comfyui_listen]
     if not _has(user, "--port"):
-        argv += ["--port", str(settings.comfyui_port)]
+        argv += ["--port", str(port)]
     model_paths = None
     if known is None or "--extra-model-paths-config" in known:
         model_paths = write_model_paths(settings, catalog)
         argv += ["--extra-model-paths-config", str(model_paths)]
-    for flag, path in data_dirs(settings).items():
+    dirs = data_dirs(settings, instance)
+    for flag, path in dirs.items():
         if (known is None or flag in known) and not _has(user, flag):
             argv += [flag, str(path)]
     if (known is None or "--database-url" in known) and not _has(user, "--database-url"):
         # Its default lives in COMFYUI_DIR/user, which --user-directory moves away from: ComfyUI then logs "unable
         # to open database file" (seen on the H100 run). Keep it beside the user data, on the volume.
-        database = Path(settings.comfyui_data_dir).absolute() / "user" / "comfyui.db"
+        database = dirs["--user-directory"] / "comfyui.db"
         argv += ["--database-url", f"sqlite:///{database}"]
     argv += user
     listen = _value(user, "--listen") or settings.comfyui_listen
-    port = int(_value(user, "--port") or settings.comfyui_port)
+    port = int(_value(user, "--port") or port)
     return Launch(argv=tuple(argv), cwd=cwd, env=env, url=probe_url(listen, port, user), custom=False,
                   session=session, model_paths=model_paths)
 

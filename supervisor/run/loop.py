@@ -29,6 +29,7 @@ import structlog
 
 from .. import logs
 from ..plan.context import Context
+from ..plan.instances import pod_files
 from . import exits, workers
 from .fetchjob import FetchJob
 from .init import STOP_SIGNALS, Child, limit_malloc_arenas, release_free_memory, signal_name
@@ -77,8 +78,8 @@ class Supervisor:
 
     @property
     def plan(self):
-        """The plan whose files the pod fetches."""
-        return self.units.units[0].plan
+        """What the pod fetches: every unit's files, each once (plan/instances.py)."""
+        return pod_files([unit.plan for unit in self.units])
 
     # ===========================================================================================================
     # Lifecycle
@@ -125,7 +126,8 @@ class Supervisor:
         if self.server is not None:
             self.server.server_close()
         self.rt.close()
-        self.units.log_file.close()
+        for log_file in self.units.log_files.values():
+            log_file.close()
 
     def launch_all(self) -> None:
         for unit in self.units:
@@ -197,7 +199,7 @@ class Supervisor:
         if self.rt.stopping and self.shutdown.final_code is None:
             self.shutdown.final_code = info.returncode
         elif not self.rt.stopping and self.fetch is not None and not self.fetch.running \
-                and not self.fetch.files_in_place and self.fetch.plan is self.plan:
+                and not self.fetch.files_in_place:
             self.start_fetch()  # a restart also retries a fetch that failed
 
     def on_message(self, m: workers.Message) -> None:
@@ -216,11 +218,13 @@ class Supervisor:
     # Readiness and the status page: recomputed from the state after every round
 
     def not_ready_reasons(self) -> list[str]:
+        """Why the pod is not ready (empty: it is). With several units, READY_WHEN=any needs only one of them."""
         if self.rt.stopping:
             return ["shutting down"]
         reasons: list[str] = []
-        if self.plan is not None and self.plan.errors:
-            reasons.append("plan has errors: " + "; ".join(self.plan.errors))
+        errors = list(dict.fromkeys(e for unit in self.units if unit.plan for e in unit.plan.errors))
+        if errors:
+            reasons.append("plan has errors: " + "; ".join(errors))
         if self.fetch is None:
             reasons.append("downloading the plan's files")
         else:
@@ -229,9 +233,12 @@ class Supervisor:
                 reasons.append(reason)
         if self.sidecars.waiting_for_nodes:
             return reasons + ["updating the custom nodes before ComfyUI starts"]
-        for unit in self.units:
-            reasons += unit.not_ready_reasons()
-        return reasons
+        per_unit = {unit.name: unit.not_ready_reasons() for unit in self.units}
+        if len(per_unit) == 1:
+            return reasons + next(iter(per_unit.values()))
+        if self.settings.ready_when == "any" and any(not r for r in per_unit.values()):
+            return reasons
+        return reasons + [f"{name}: {reason}" for name, unit_reasons in per_unit.items() for reason in unit_reasons]
 
     def phase(self, ready: bool) -> str:
         if self.gave_up is not None:
@@ -253,8 +260,10 @@ class Supervisor:
     def update_status(self) -> None:
         reasons = self.not_ready_reasons()
         ready = not reasons
+        shared = [r for r in reasons if not any(r.startswith(f"{u.name}: ") for u in self.units)]
         for unit in self.units:
-            if ready and unit.proc is not None and unit.proc.ready_at is None:
+            unit_ready = not shared and not self.rt.stopping and not unit.not_ready_reasons()
+            if unit_ready and unit.proc is not None and unit.proc.ready_at is None:
                 self.on_ready(unit)
         if ready != self.was_ready:
             if not ready and self.was_ready and not self.rt.stopping:
@@ -265,10 +274,17 @@ class Supervisor:
         self.status.set(phase=self.phase(ready), ready=ready, not_ready=reasons,
                         live=all(unit.live() for unit in self.units), comfyui=first.describe(ready),
                         plan=plan_summary(first.plan), restarts=self.units.restart_summary(first),
-                        services=self.sidecars.describe(),
+                        services=self.sidecars.describe(), oom=first.oom_status(),
+                        instances=[self.describe_unit(unit, shared) for unit in self.units],
                         supervisor={"pid": os.getpid(), "pid1": init.pid1, "subreaper": init.subreaper,
                                     "orphans_reaped": init.orphans_reaped, "gave_up": self.gave_up,
                                     "restarts": self.restarts()})
+
+    def describe_unit(self, unit: ComfyUnit, shared: list[str]) -> dict[str, Any]:
+        """One instance for /status (and /readyz/<name>): ready when the pod-wide reasons and its own are gone."""
+        reasons = ["shutting down"] if self.rt.stopping else shared + unit.not_ready_reasons()
+        return {**unit.instance.to_dict(), **unit.describe(not reasons), "ready": not reasons, "not_ready": reasons,
+                "plan": plan_summary(unit.plan), "restarts": self.units.restart_summary(unit), "oom": unit.oom_status()}
 
     def on_ready(self, unit: ComfyUnit) -> None:
         proc = unit.proc
@@ -284,9 +300,9 @@ class Supervisor:
             "since_process_start_s": _since_process_start(),
         }
         log.info("supervise.ready", generation=proc.generation, pid=proc.child.pid, restarts=self.restarts(),
-                 url=proc.launch.url, phases=phases)
+                 url=proc.launch.url, phases=phases, instance=unit.name)
         self.status.set(phases=phases)
-        self.units.start_prewarm(unit.plan)
+        self.units.on_ready(unit)
 
     # ===========================================================================================================
     # Giving up

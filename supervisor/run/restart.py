@@ -1,8 +1,8 @@
 """When to restart ComfyUI, and when to give up. Pure: the caller passes the monotonic clock in.
 
 * Exits that restarting cannot fix (bad arguments, driver mismatch, a command that does not exist) give up at once.
-* A reboot asked for by ComfyUI-Manager, or an exit caused by a signal we forwarded, restarts at once and is not a
-  failure.
+* A reboot asked for by ComfyUI-Manager, an exit caused by a signal we forwarded, or our own restart on a lower rung
+  after in-prompt out-of-memory errors restarts at once and is not a failure.
 * Every other exit is a failure: it restarts after a delay that starts at RESTART_BACKOFF_INITIAL and doubles up
   to RESTART_BACKOFF_MAX; a run that stayed up RESTART_STABLE_AFTER seconds resets the delay. The
   RESTART_MAX-th failure within RESTART_WINDOW seconds gives up, so docker's restart policy (or RunPod) sees a
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import exits
 
 FATAL = frozenset({exits.BAD_ARGUMENTS, exits.DRIVER, exits.EXEC_FAILED})
-FREE = frozenset({exits.REBOOT, exits.SIGNAL})
+FREE = frozenset({exits.REBOOT, exits.SIGNAL, exits.STEP_DOWN})
 
 
 @dataclass(frozen=True)

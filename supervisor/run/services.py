@@ -1,7 +1,8 @@
 """Side services of the template: sshd (PUBLIC_KEY), JupyterLab (JUPYTER_PASSWORD), custom-node update
-(UPDATE_NODES_ON_START). They are children of the supervisor like ComfyUI: own session, output logged as events
-(source sshd / jupyter / git) and to LOG_DIR/<name>.log, restarted with backoff when they die, stopped with
-ComfyUI. None of them can stop ComfyUI from starting: a missing program is a warning, a crash a restart.
+(UPDATE_NODES_ON_START), and on a serverless worker (SERVERLESS=true) the RunPod handler instead of sshd/Jupyter.
+They are children of the supervisor like ComfyUI: own session, output logged as events (source sshd / jupyter /
+git / worker) and to LOG_DIR/<name>.log, restarted with backoff when they die, stopped with ComfyUI. None of them
+can stop ComfyUI from starting: a missing program is a warning, a crash a restart.
 
 Secrets: JupyterLab gets its token through the JUPYTER_TOKEN environment variable (read by jupyter_server),
 never on its command line; side services get the same environment as ComfyUI otherwise (credentials removed
@@ -15,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -184,6 +186,23 @@ def jupyter(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Ser
     if settings.jupyter_allow_origin:  # cross-origin requests only when asked for (JUPYTER_ALLOW_ORIGIN)
         argv += (f"--ServerApp.allow_origin={settings.jupyter_allow_origin}",)
     return Service(name="jupyter", argv=argv, env=env)
+
+
+def serverless_worker(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Service | None:
+    """`supervisor worker`, the RunPod handler (its own process: the runpod SDK stays out of PID 1). It gets
+    ComfyUI's environment plus what it needs for its jobs: the bucket's R2_* and AWS_* credentials and the RUNPOD_*
+    variables the platform sets (the job queue's URLs and key)."""
+    if not settings.serverless:
+        return None
+    from ..serverless.worker import problems
+
+    found = problems(settings, environ)
+    if found:
+        log.error("services.worker_not_started", problems=[str(p) for p in found],
+                  message="SERVERLESS=true but no job can reach this worker; ComfyUI runs without it")
+        return None
+    passed = {k: v for k, v in environ.items() if k.startswith(("R2_", "AWS_", "RUNPOD_"))}
+    return Service(name="worker", argv=(sys.executable, "-m", "supervisor", "worker"), env={**env, **passed})
 
 
 def node_repos(comfyui_dir: Path) -> list[Path]:

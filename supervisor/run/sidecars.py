@@ -1,5 +1,6 @@
-"""The pod's side processes under the loop: the services (sshd, JupyterLab; services.py says what each is) and
-the `git pull` of every custom node (UPDATE_NODES_ON_START) that ComfyUI waits for, at most NODE_UPDATE_DEADLINE.
+"""The pod's side processes under the loop: the services (sshd, JupyterLab, or on a serverless worker the RunPod
+handler; services.py says what each is) and the `git pull` of every custom node (UPDATE_NODES_ON_START) that
+ComfyUI waits for, at most NODE_UPDATE_DEADLINE.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ class Sidecars:
         env = self.env()
         hidden = comfyui.secret_names(self.settings, self.ctx.catalog, self.rt.environ)
         session_env = {k: v for k, v in self.rt.environ.items() if k not in hidden}  # even with PASS_SECRETS
-        for make in (services.sshd, services.jupyter):
+        makers = (services.sshd, services.jupyter)
+        if self.settings.serverless:
+            log.info("services.serverless", message="SERVERLESS=true: the RunPod worker takes jobs once the pod is "
+                     "ready; sshd and JupyterLab are not started")
+            makers = (services.serverless_worker,)
+        for make in makers:
             try:
                 service = (services.sshd(self.settings, self.rt.environ, env, session_env) if make is services.sshd
                            else make(self.settings, self.rt.environ, env))

@@ -6,7 +6,8 @@ threads; every access holds one lock and readers get a JSON-ready copy.
 Routes (loopback by default, STATUS_ADDR):
 * `GET /healthz`: 200 while the supervisor's loop is responsive and ComfyUI is not failing its liveness checks.
 * `GET /readyz`: 200 when ComfyUI answers, the plan's files are in place and the readiness checks passed;
-  503 with the reasons otherwise.
+  503 with the reasons otherwise. With one ComfyUI per GPU: when all are (READY_WHEN=all) or any is (any);
+  `GET /readyz/<instance>` (comfyui-1, or 1) for one of them.
 * `GET /status`: everything: phase, plan summary, download progress, ComfyUI, restarts, last exit and its class,
   workflow check, warmup, prewarm, side services, phase timings.
 """
@@ -90,6 +91,14 @@ class Status:
         with self._lock:
             return bool(self._data["ready"]), list(self._data["not_ready"])
 
+    def instance_ready(self, name: str) -> tuple[bool, list[str]] | None:
+        """Readiness of one ComfyUI instance, by name (comfyui-1) or index (1); None if there is no such one."""
+        with self._lock:
+            for instance in self._data.get("instances", []):
+                if name in (instance.get("name"), str(instance.get("index"))):
+                    return bool(instance.get("ready")), list(instance.get("not_ready", []))
+        return None
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: "StatusServer"
@@ -104,6 +113,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             ready, reasons = status.ready()
             self._send(200 if ready else 503, {"ready": ready, "not_ready": reasons})
+        elif path.startswith("/readyz/"):
+            name = path.split("/", 2)[2]
+            found = status.instance_ready(name)
+            if found is None:
+                self._send(404, {"error": f"no ComfyUI instance {name!r}; /status lists them under 'instances'"})
+            else:
+                self._send(200 if found[0] else 503, {"instance": name, "ready": found[0], "not_ready": found[1]})
         elif path in ("/status", "/"):
             self._send(200, status.snapshot())
         else:

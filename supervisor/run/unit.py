@@ -1,9 +1,10 @@
 """One ComfyUI process slot (a unit): what it runs, and the process running in it now.
 
 A unit owns its plan and its out-of-memory ladder (`degrade`), the current process (an `Incarnation`: the child,
-its output reader, its prober, how far its readiness got), its exits and its restart backoff. It does no I/O and
-never calls the loop: the loop calls it on the loop's thread, does the spawning, signalling and timers, and acts on
-what the unit returns (restart after a delay, step down the ladder, give up).
+its output reader, its prober, how far its readiness got), its exits and its restart backoff, and the
+out-of-memory errors ComfyUI survived inside prompts. It does no I/O and never calls the loop: the loop calls it on
+the loop's thread, does the spawning, signalling and timers, and acts on what the unit returns (restart after a
+delay, step down the ladder, give up).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..plan.instances import Instance
 from ..plan.types import Plan
 from . import exits
 from .init import Child
-from .launch import Launch
+from .launch import LEGACY_REBOOT_LINE, READY_LINE, Launch
 from .output import LineReader
 from .restart import Decision, RestartPolicy
 from .workers import Prober
@@ -67,6 +69,13 @@ class Incarnation:
         self.stop.set()
 
 
+# ComfyUI logs this once it caught an out-of-memory error inside a prompt (execution.py), and goes on serving.
+PROMPT_OOM_LINE = "Got an OOM, unloading all loaded models."
+PROMPT_END_LINE = "Prompt executed in "  # main.py, after every prompt, failed or not
+# What on_prompt_oom asks the loop to do.
+STEP_DOWN_NOW, STEP_DOWN_WHEN_IDLE, REMEMBER, COUNT = "step_down_now", "step_down_when_idle", "remember", "count"
+
+
 @dataclass(frozen=True)
 class ExitOutcome:
     """What one exit means: its class, and (unless the supervisor is stopping) what to do about it."""
@@ -80,8 +89,9 @@ class ExitOutcome:
 class ComfyUnit:
     """A slot that runs one ComfyUI at a time: its plan, its current process, its restarts."""
 
-    def __init__(self, name: str, settings: Any, policy: RestartPolicy | None = None):
-        self.name = name
+    def __init__(self, instance: Instance, settings: Any, policy: RestartPolicy | None = None):
+        self.instance = instance  # which GPU and port (plan/instances.py)
+        self.name = instance.name
         self.settings = settings
         self.policy = policy or RestartPolicy.from_settings(settings)
         self.plan: Plan | None = None
@@ -89,6 +99,11 @@ class ComfyUnit:
         self.proc: Incarnation | None = None
         self.restarts = 0
         self.backoff: tuple[float, float] | None = None  # (restart delay, monotonic time it was scheduled)
+        self.memory_key = ""  # where a step down is remembered (plan/memory.py)
+        self.ooms: dict[str, int] = {}  # rung -> out-of-memory errors inside prompts on it
+        self.last_oom: dict[str, Any] | None = None
+        self.step_down_pending = False  # OOM_STEP_DOWN=idle: once no prompt is queued
+        self.retry: dict[str, Any] | None = None  # OOM_RETRY_PROMPT: the prompt to queue again when ready
 
     # -- timers the loop keeps for this unit -------------------------------------------------------------------
 
@@ -131,6 +146,11 @@ class ComfyUnit:
             self.degrade[feature] = self.degrade.get(feature, 0) + 1
         return features
 
+    def rung(self) -> str:
+        """The plan's current step, as `variant/offload/blocks` of each model that has a ladder."""
+        models = [m for m in (self.plan.models if self.plan else []) if m.knobs]
+        return ", ".join(f"{m.variant}/{m.offload}/{m.knobs.blocks_to_swap}" for m in models) or "-"
+
     def kill_reason(self, why: str) -> bool:
         """Mark the current process as killed for `why`; False if it already is (or none runs)."""
         proc = self.proc
@@ -140,7 +160,48 @@ class ComfyUnit:
         proc.prober.stop.set()
         return True
 
-    # -- what the probes and checks found --------------------------------------------------------------------------
+    # -- what ComfyUI printed and the probes found ----------------------------------------------------------------
+
+    def on_line(self, line: str) -> str | None:
+        """One line of ComfyUI's output. Returns what it means to the loop: "ready" (probe now), "legacy_reboot"
+        (restarting in place), "prompt_oom" (an out-of-memory error it survived), or None."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if PROMPT_OOM_LINE in line or line.startswith(PROMPT_END_LINE):
+            # A finished prompt's lines are not evidence for a later exit (exits.py).
+            if proc.reader is not None:
+                proc.reader.last_lines.clear()
+            return "prompt_oom" if PROMPT_OOM_LINE in line else None
+        if READY_LINE in line:
+            return "ready"
+        if LEGACY_REBOOT_LINE in line:
+            return "legacy_reboot"
+        return None
+
+    def on_prompt_oom(self, found: dict[str, Any]) -> tuple[str, int]:
+        """Count an out-of-memory error inside a prompt on this rung; (what to do, count on this rung)."""
+        rung = self.rung()
+        count = self.ooms[rung] = self.ooms.get(rung, 0) + 1
+        self.last_oom = {**{k: found.get(k) for k in ("prompt_id", "node_id", "node_type", "message")},
+                         "rung": rung, "at": time.time()}
+        policy, after = self.settings.oom_step_down, self.settings.oom_step_down_after
+        if policy == "off" or count < after or self.step_down_pending:
+            return COUNT, count
+        if policy == "next-start":
+            return REMEMBER, count
+        if self.settings.oom_retry_prompt and found.get("graph"):
+            self.retry = {"graph": found["graph"], "extra": found.get("extra"), "original": found.get("prompt_id")}
+        self.step_down_pending = True
+        queue = found.get("queue", self.proc.queue if self.proc else None)  # counted after the failed prompt ended
+        return (STEP_DOWN_NOW if queue == 0 else STEP_DOWN_WHEN_IDLE), count
+
+    def oom_status(self) -> dict[str, Any]:
+        return {"in_prompt": sum(self.ooms.values()), "by_rung": dict(self.ooms), "rung": self.rung(),
+                "last": self.last_oom, "policy": self.settings.oom_step_down,
+                "step_down_after": self.settings.oom_step_down_after, "step_down_pending": self.step_down_pending,
+                "degrade": dict(self.degrade), "remembered": dict(self.plan.remembered) if self.plan else {}}
+
 
     def on_answering(self, data: dict[str, Any]) -> float:
         proc = self.proc

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import structlog
 
 from ..errors import Problem
+from ..plan import memory
 from ..plan.context import Context
 from ..plan.report import log_plan
 from . import exits, launch as comfyui, workers
@@ -24,7 +25,7 @@ from .init import Child
 from .output import LineReader, LogFile
 from .runtime import MAX_SLEEP, Runtime
 from .status import model_brief
-from .unit import ComfyUnit, Incarnation
+from .unit import REMEMBER, STEP_DOWN_NOW, STEP_DOWN_WHEN_IDLE, ComfyUnit, Incarnation
 
 log = structlog.get_logger("supervise")  # lazy: uses the configuration at each call
 HELP_TIMEOUT = 60.0
@@ -36,8 +37,8 @@ class Units:
                  on_signal: Callable[[int], None]):
         self.rt, self.ctx, self.settings = rt, ctx, ctx.settings
         self.give_up, self.bad_command, self.new_plan, self.on_signal = give_up, bad_command, new_plan, on_signal
-        self.units = [ComfyUnit("comfyui", self.settings)]
-        self.log_file = LogFile(Path(self.settings.log_dir) / "comfyui.log")
+        self.units = [ComfyUnit(instance, self.settings) for instance in ctx.instances]
+        self.log_files = {unit.name: LogFile(Path(self.settings.log_dir) / f"{unit.name}.log") for unit in self.units}
         self.generation = 0  # one counter for every unit, so a worker's message names exactly one process
         self.plan_seconds = 0.0
         self.known_flags: set[str] | None = None
@@ -58,8 +59,14 @@ class Units:
     # Plan and launch
 
     def make_plan(self, unit: ComfyUnit) -> None:
+        """The unit's first plan starts where an earlier run stepped down to (plan/memory.py); later ones follow
+        the unit's own `degrade`."""
         started = time.monotonic()
-        unit.plan = self.ctx.plan(degrade=unit.degrade or None)
+        if unit.plan is None:
+            unit.plan, unit.memory_key = self.ctx.starting(unit.instance)
+            unit.degrade = dict(unit.plan.degrade)
+        else:
+            unit.plan = self.ctx.plan(degrade=unit.degrade, instance=unit.instance)
         self.plan_seconds = time.monotonic() - started
         log_plan(unit.plan)
 
@@ -78,7 +85,7 @@ class Units:
         if self.rt.stopping:
             return  # a signal came while --help ran
         try:
-            line = comfyui.build_launch(unit.plan, settings, self.ctx.catalog, known, self.rt.environ)
+            line = comfyui.build_launch(unit.plan, settings, self.ctx.catalog, known, self.rt.environ, unit.instance)
         except OSError as exc:
             self.bad_command([Problem("COMFYUI_DATA_DIR", f"cannot prepare ComfyUI's folders: {exc}",
                                       "make COMFYUI_DATA_DIR writable")])
@@ -99,14 +106,17 @@ class Units:
         self.generation += 1
         generation = self.generation
         oom_kills = exits.oom_kill_count()
+        bind = {"instance": unit.name} if unit.instance.per_gpu else {}
         child, reader = self.rt.spawn_logged(line.argv, name=unit.name, source="comfyui", env=line.env, cwd=line.cwd,
-                                             log_file=self.log_file, on_line=lambda text: self.on_line(unit, text),
-                                             generation=generation)
+                                             log_file=self.log_files[unit.name],
+                                             on_line=lambda text: self.on_line(unit, text), generation=generation,
+                                             **bind)
         unit.started(Incarnation(generation=generation, child=child, reader=None if reader.closed else reader,
                                  launch=line, plan=unit.plan, prober=self.prober(line.url, generation),
                                  oom_kills=oom_kills))
         log.info("comfyui.spawned", generation=generation, pid=child.pid, argv=list(line.argv), cwd=str(line.cwd),
-                 url=line.url, restart=unit.restarts, custom_command=line.custom)
+                 url=line.url, restart=unit.restarts, custom_command=line.custom, instance=unit.name,
+                 cuda_visible_devices=unit.instance.cuda_visible_devices)
         self.rt.set_timer(unit.timer("startup"), self.settings.startup_timeout, lambda: self.startup_timeout(unit))
 
     def prober(self, url: str, generation: int) -> workers.Prober:
@@ -165,7 +175,8 @@ class Units:
         except (ImportError, AttributeError):
             return
         try:
-            for warning in prepare(unit.plan, self.settings) or []:
+            user_root = comfyui.data_dirs(self.settings, unit.instance)["--user-directory"]
+            for warning in prepare(unit.plan, self.settings, user_root) or []:
                 log.warning("workflows.warning", message=str(warning))
         except Exception as exc:  # their module: report loudly, ComfyUI still starts
             log.error("workflows.prepare_failed", error=f"{type(exc).__name__}: {exc}")
@@ -183,7 +194,9 @@ class Units:
         if decision is None:  # stopping
             return info
         if outcome.step_down:
-            self.step_down(unit, info)
+            self.step_down(unit, f"ComfyUI exited out of memory: {info.message}")
+        elif unit.step_down_pending and decision.restart:
+            self.step_down(unit, self.prompt_oom_why(unit))
         if not decision.restart:
             self.give_up(info, decision.reason)
             return info
@@ -192,21 +205,65 @@ class Units:
         self.rt.set_timer(unit.timer("restart"), decision.delay, lambda: self.launch(unit))
         return info
 
-    def step_down(self, unit: ComfyUnit, info: exits.ExitInfo) -> None:
-        """After an out-of-memory exit: one rung down the ladder of every model that has one left."""
+    def step_down(self, unit: ComfyUnit, why: str) -> bool:
+        """One rung down the ladder of every model that has one left, remembered for the next start. False at the
+        bottom of the ladder."""
+        unit.step_down_pending = False
         before = {m.feature: m for m in unit.plan.models} if unit.plan else {}
         features = unit.step_down()
         if not features:
-            log.warning("supervise.no_downgrade", message="out of memory, but the plan has no lighter step left")
-            return
+            log.warning("supervise.no_downgrade", why=why, message="out of memory, but the plan has no lighter step left")
+            return False
         old = unit.plan
         self.make_plan(unit)
         for feature in features:
             log.warning("supervise.downgrade", feature=feature, step=unit.degrade[feature],
                         before=model_brief(before.get(feature)), after=model_brief(unit.plan.model(feature)),
-                        why=f"ComfyUI exited out of memory: {info.message}",
-                        new_downloads=[d.dest for d in unit.plan.missing()])
+                        why=why, new_downloads=[d.dest for d in unit.plan.missing()])
+        self.remember(unit, unit.degrade, why)
         self.new_plan(unit, old)
+        return True
+
+    def remember(self, unit: ComfyUnit, degrade: dict[str, int], why: str) -> None:
+        if not unit.memory_key:
+            return
+        file = memory.path(self.settings)
+        try:
+            memory.save(file, unit.memory_key, degrade, why)
+        except OSError as exc:
+            log.warning("supervise.step_down_not_remembered", file=str(file), error=str(exc),
+                        message="the next start begins at the top of the ladder again")
+
+    def prompt_oom_why(self, unit: ComfyUnit) -> str:
+        last = unit.last_oom or {}
+        return (f"{unit.ooms.get(last.get('rung', ''), 0)} out-of-memory errors inside prompts on "
+                f"{last.get('rung')} (OOM_STEP_DOWN_AFTER={self.settings.oom_step_down_after}), the last in "
+                f"{last.get('node_type')} (node {last.get('node_id')}): {last.get('message')}")
+
+    def on_prompt_oom(self, unit: ComfyUnit, data: dict[str, Any]) -> None:
+        """ComfyUI survived an out-of-memory error inside a prompt: count it, and step down when the policy says."""
+        action, count = unit.on_prompt_oom(data)
+        log.warning("comfyui.prompt_oom", prompt_id=data.get("prompt_id"), node_id=data.get("node_id"),
+                    node_type=data.get("node_type"), message=data.get("message"), rung=unit.rung(),
+                    count_on_rung=count, policy=self.settings.oom_step_down, action=action)
+        if action == REMEMBER:
+            degrade = {**unit.degrade, **{m.feature: unit.degrade.get(m.feature, 0) + 1
+                                          for m in unit.plan.models if m.ladder}}
+            if degrade != unit.degrade:
+                log.warning("supervise.step_down_remembered", degrade=degrade, why=self.prompt_oom_why(unit),
+                            message="OOM_STEP_DOWN=next-start: the next start begins on the lower rung")
+                self.remember(unit, degrade, self.prompt_oom_why(unit))
+        elif action == STEP_DOWN_WHEN_IDLE:
+            log.info("supervise.step_down_waiting", message="restarting on a lower rung once no prompt is queued")
+        elif action == STEP_DOWN_NOW:
+            self.step_down_in_place(unit)
+
+    def step_down_in_place(self, unit: ComfyUnit) -> None:
+        """OOM_STEP_DOWN=idle, ComfyUI idle: restart it on the next rung now."""
+        if self.step_down(unit, self.prompt_oom_why(unit)):
+            self.kill(unit, exits.STEP_DOWN)
+        else:
+            unit.retry = None
 
     def restart_summary(self, unit: ComfyUnit) -> dict[str, Any]:
         now = time.monotonic()
@@ -242,12 +299,17 @@ class Units:
     # What the workers found
 
     def on_line(self, unit: ComfyUnit, line: str) -> None:
+        what = unit.on_line(line)
         proc = unit.proc
-        if proc is None:
+        if what is None or proc is None:
             return
-        if comfyui.READY_LINE in line:
+        if what == "ready":
             proc.prober.poke.set()
-        elif comfyui.LEGACY_REBOOT_LINE in line:
+        elif what == "prompt_oom":
+            seen = set(filter(None, [(unit.last_oom or {}).get("prompt_id")]))
+            workers.start(lambda: workers.find_prompt_oom(proc.launch.url, proc.generation, self.rt.post, proc.stop,
+                                                          seen=seen), f"prompt-oom-{proc.generation}")
+        elif what == "legacy_reboot":
             log.info("comfyui.restarting_in_place", pid=proc.child.pid,
                      why="ComfyUI-Manager restarts ComfyUI in place (os.execv)")
             proc.restart_in_place(self.prober(proc.launch.url, proc.generation))
@@ -271,6 +333,18 @@ class Units:
                             error=m.data.get("error"), seconds=m.data.get("seconds"))
             if hung:
                 self.kill(unit, exits.HANG)
+            elif unit.step_down_pending and proc.queue == 0 and not proc.killed_for:
+                self.step_down_in_place(unit)
+        elif m.kind == "prompt_oom":
+            self.on_prompt_oom(unit, m.data)
+        elif m.kind == "retry_queued":
+            log.info("comfyui.prompt_retry_queued", original=m.data.get("original"), prompt_id=m.data.get("prompt_id"),
+                     rung=unit.rung())
+        elif m.kind == "retried":
+            (log.info if m.data.get("ok") else log.warning)(
+                "comfyui.prompt_retried", ok=m.data.get("ok"), original=m.data.get("original"),
+                prompt_id=m.data.get("prompt_id"), message=m.data.get("message"), seconds=m.data.get("seconds"),
+                rung=unit.rung())
         elif m.kind == "checked":
             unit.on_checked(m.data)
             self.rt.status.set(workflows={"checked": True, "ok": not proc.problems, "problems": proc.problems,
@@ -299,6 +373,18 @@ class Units:
         workers.start(lambda: workers.readiness(proc.launch.url, proc.generation, self.rt.post, proc.stop,
                                                 plan=proc.plan, settings=self.settings, check=check),
                       f"readiness-{proc.generation}")
+
+    def on_ready(self, unit: ComfyUnit) -> None:
+        """This unit's ComfyUI is ready: queue the prompt that ran out of memory again (OOM_RETRY_PROMPT)."""
+        self.start_prewarm(unit.plan)
+        proc, retry = unit.proc, unit.retry
+        if proc is None or retry is None:
+            return
+        unit.retry = None
+        workers.start(lambda: workers.resubmit(proc.launch.url, proc.generation, self.rt.post, proc.stop,
+                                               graph=retry["graph"], extra=retry["extra"], original=retry["original"],
+                                               deadline=max(600.0, self.settings.startup_timeout)),
+                      f"retry-{proc.generation}")
 
     def start_prewarm(self, plan: Any) -> None:
         if not self.settings.prewarm or plan is None or self.prewarmed_plan is plan:

@@ -8,6 +8,8 @@ that decides anything. Every worker stops when its `stop` event is set; all are 
 * `drain`: on shutdown, wait for the prompts that were running to finish.
 * `fetch`: the plan's downloads.
 * `prewarm`: read the plan's weights into the page cache.
+* `find_prompt_oom`: after ComfyUI logged an out-of-memory error inside a prompt, find that prompt in /history.
+* `resubmit`: queue a prompt again (OOM_RETRY_PROMPT) and wait for its outcome.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable
 import httpx
 import structlog
 
-from .client import ComfyClient, ComfyError, history_outcome
+from .client import ComfyClient, ComfyError, history_outcome, out_of_memory
 
 log = structlog.get_logger("supervise")  # lazy: uses the configuration at each call
 STARTUP_POLL = 0.05  # seconds between startup probes (the ready line triggers one at once)
@@ -135,6 +137,56 @@ def warmup(client: ComfyClient, path: Path, stop: threading.Event, deadline: flo
     except (OSError, ValueError, ComfyError, httpx.HTTPError) as exc:
         return False, _short(exc), round(time.monotonic() - started, 3)
     return False, "stopped", round(time.monotonic() - started, 3)
+
+
+def find_prompt_oom(url: str, generation: int, post: Post, stop: threading.Event, *, seen: set[str],
+                    wait: float = 15.0) -> None:
+    """ComfyUI writes the prompt's /history entry just after it logs "Got an OOM": look for it a little while."""
+    deadline = time.monotonic() + wait
+    with ComfyClient(url, timeout=5.0) as client:
+        while not stop.is_set():
+            try:
+                for prompt_id, entry in client.recent_history(8).items():
+                    found = out_of_memory(entry)
+                    if found and prompt_id not in seen:
+                        prompt = entry.get("prompt") or []
+                        post("prompt_oom", generation, **{**found, "prompt_id": prompt_id},
+                             graph=prompt[2] if len(prompt) > 2 else None,
+                             extra=prompt[3] if len(prompt) > 3 else None, queue=client.queue_remaining())
+                        return
+            except HTTP_ERRORS:
+                pass
+            if time.monotonic() > deadline or stop.wait(0.2):
+                break
+    post("prompt_oom", generation, prompt_id=None, node_id=None, node_type=None,
+         message="out of memory inside a prompt (its /history entry was not found)")
+
+
+def resubmit(url: str, generation: int, post: Post, stop: threading.Event, *, graph: dict[str, Any],
+             extra: dict[str, Any] | None, original: str, deadline: float) -> None:
+    """Queue `graph` again and report its outcome (ok, message, new prompt id)."""
+    started = time.monotonic()
+    with ComfyClient(url, timeout=30.0) as client:
+        try:
+            client_id = str((extra or {}).get("client_id") or "supervisor-oom-retry")
+            prompt_id = client.post_prompt(graph, client_id=client_id)
+        except HTTP_ERRORS as exc:
+            post("retried", generation, ok=False, original=original, prompt_id=None, message=_short(exc))
+            return
+        post("retry_queued", generation, original=original, prompt_id=prompt_id)
+        while not stop.wait(0.5):
+            try:
+                ok, why = history_outcome(client.history(prompt_id, timeout=10.0))
+            except HTTP_ERRORS:
+                continue
+            if ok is not None:
+                post("retried", generation, ok=ok, original=original, prompt_id=prompt_id, message=why or "done",
+                     seconds=round(time.monotonic() - started, 3))
+                return
+            if time.monotonic() - started > deadline:
+                post("retried", generation, ok=False, original=original, prompt_id=prompt_id,
+                     message=f"not finished after {deadline:g} s")
+                return
 
 
 def drain(url: str, generation: int, post: Post, stop: threading.Event) -> None:

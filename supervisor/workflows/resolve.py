@@ -247,9 +247,10 @@ def resolve_shipped(plan: Plan, settings: Settings) -> list[Resolution]:
 # Writing the resolved copies
 
 
-def user_dir(settings: Settings) -> Path:
-    """ComfyUI's user folder for the single default user (`--user-directory COMFYUI_DATA_DIR/user`)."""
-    return settings.comfyui_data_dir / "user" / "default"
+def user_dir(settings: Settings, user_root: Path | None = None) -> Path:
+    """ComfyUI's user folder for the single default user (`--user-directory COMFYUI_DATA_DIR/user`, or the
+    instance's own with COMFYUI_PER_GPU)."""
+    return (user_root or settings.comfyui_data_dir / "user") / "default"
 
 
 def _text(data: Any) -> str:
@@ -272,7 +273,7 @@ def _sha(path: Path) -> str | None:
         return None
 
 
-def prepare(plan: Plan, settings: Settings) -> list[str]:
+def prepare(plan: Plan, settings: Settings, user_root: Path | None = None) -> list[str]:
     """Resolve the shipped workflows and write their API and browser copies; returns warnings (never raises for a
     problem of these convenience files: ComfyUI must start anyway).
 
@@ -299,7 +300,7 @@ def prepare(plan: Plan, settings: Settings) -> list[str]:
         message = f"shipped workflows not resolved: {exc}"
         _log().error("workflows.resolve_failed", message=message)
         return warnings + [message]
-    base = user_dir(settings)
+    base = user_dir(settings, user_root)
     state_path = settings.comfyui_data_dir / STATE_FILE
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))

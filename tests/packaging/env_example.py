@@ -22,6 +22,7 @@ GROUP_TITLES = {
     "fetch": "Downloads",
     "workflow": "Workflow values (the shipped SteadyDancer workflows)",
     "services": "Side services",
+    "serverless": "RunPod Serverless worker",
     "logging": "Logging",
 }
 # What the image changes, said next to the variable (the value shown is the image's, from the Dockerfile).

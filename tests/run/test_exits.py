@@ -55,6 +55,7 @@ def test_bad_arguments_name_the_flag():
 def test_what_the_supervisor_did_wins():
     # Killed by us with SIGKILL is not the OOM killer; a signal we forwarded is not a crash; a reboot is a reboot.
     assert c(None, signal.SIGKILL, killed_for=exits.HANG).klass == exits.HANG
+    assert c(None, signal.SIGTERM, [CUDA_OOM], killed_for=exits.STEP_DOWN).klass == exits.STEP_DOWN
     assert c(None, signal.SIGHUP, [CUDA_OOM], forwarded={signal.SIGHUP}).klass == exits.SIGNAL
     assert c(0, None, ["Restarting..."], reboot_requested=True).klass == exits.REBOOT
     # A leftover reboot marker does not turn a crash into a free restart.
@@ -107,7 +108,7 @@ def test_fatal_and_free_classes():
     p = policy()
     for klass in (exits.BAD_ARGUMENTS, exits.DRIVER, exits.EXEC_FAILED):
         assert p.decide(crash(klass=klass), 0).restart is False
-    for klass in (exits.REBOOT, exits.SIGNAL):
+    for klass in (exits.REBOOT, exits.SIGNAL, exits.STEP_DOWN):
         d = p.decide(crash(klass=klass), 0)
         assert d.restart and d.delay == 0 and not d.failure
     assert p.failures(0) == 0

@@ -162,9 +162,10 @@ def test_a_second_sigterm_kills_at_once(pod, supervisor):
 
 
 def test_out_of_memory_exit_restarts_on_the_next_lower_step(pod, supervisor, tmp_path):
-    present_plan_files(pod, "--gpu", "RTX 4090")
+    hardware = ("--gpu", "RTX 4090", "--ram", "64GiB", "--disk", "500GB")  # the plan must not depend on this disk
+    present_plan_files(pod, *hardware)
     pod.modes("oom_after:0.3", "")
-    run = supervisor(pod, "--gpu", "RTX 4090", "--ram", "64GiB")
+    run = supervisor(pod, *hardware)
     first = run.wait_for("supervise.ready")
     assert first["generation"] == 1
     exited = run.wait_for("comfyui.exited")

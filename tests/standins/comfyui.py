@@ -17,16 +17,22 @@ Log lines (stderr, like ComfyUI; `--log-stdout` moves them to stdout): `Total VR
 `--dont-print-server`). Per prompt: `got prompt`, `Prompt executed in N seconds`.
 
 HTTP (each also under /api): GET /system_stats, /object_info[/{class}], /prompt, /queue, /history[/{id}],
-/features, /models; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt / prompt_no_outputs /
-invalid_prompt for unknown class_type; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}),
-/history ({"clear": true}), /interrupt, /free. Prompts run one at a time in a worker thread for
-STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success (or as a CUDA OOM error with mode prompt_oom).
+/features, /models, /view; POST /prompt (200 {prompt_id, number, node_errors: {}}; 400 no_prompt /
+prompt_no_outputs / invalid_prompt for unknown class_type, and with mode `validate` prompt_outputs_failed_validation
+with node_errors; 500 for malformed JSON), /queue ({"clear": true} / {"delete": [...]}), /history ({"clear": true}),
+/interrupt (global, or {"prompt_id"} only if that prompt runs), /free, /upload/image. Prompts run one at a time in a
+worker thread for STANDIN_PROMPT_SECONDS (default 0.05) and land in /history as success with their outputs (or,
+with mode prompt_oom, as the torch.OutOfMemoryError that ComfyUI catches, with its real log lines; the process stays
+up). GET /history honours ?max_items=N. GET /manager/reboot reboots like ComfyUI-Manager (see reboot_after); POST
+/standin/crash (test-only) prints a non-OOM traceback and exits 1. Uploads, outputs, /view and validation:
+tests/standins/comfyui_files.py.
 
 Signals: none handled, like ComfyUI: SIGTERM kills it at once (-15); SIGINT after start stops it gracefully
 (`Stopped server`, exit 0).
 
 Environment:
   STANDIN_MODE         comma list of modes, applied at every start
+  STANDIN_MODE_<DEV>   more modes for the one started with CUDA_VISIBLE_DEVICES=DEV ("-" written "_")
   STANDIN_MODE_FILE    file with one line of modes per start (line i for the i-th start, the last line repeats;
                        the start count is kept in FILE.count); combined with STANDIN_MODE
   STANDIN_RECORD       JSON-lines file: one "start" record (pid, pgid, sid, ppid, argv, cwd, environment names,
@@ -53,6 +59,7 @@ Modes (ARG in seconds unless said otherwise):
   no_ready_line        do not print the ready line (like --dont-print-server)
   prompt_oom           prompts fail with torch.OutOfMemoryError (logged with "Got an OOM"); the process stays up
   prompt_seconds:S     each prompt runs S                 sigint_delay:S        SIGINT: wait S before "Stopped server"
+  validate             POST /prompt checks required inputs, INT/FLOAT ranges and input files (400 with node_errors)
   progress             print a carriage-return progress bar while starting
 """
 
@@ -73,6 +80,10 @@ from typing import Any
 DATA = Path(__file__).resolve().parents[1] / "data" / "run"
 VERSION = "0.3.64"
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.standins import comfyui_files as files  # noqa: E402
 
 # (flag, kind, extra): store_true | value (type) | optional (const) | plus | star (choices) | choice (choices)
 _GROUPS: list[list[tuple[str, str, Any]]] = [
@@ -192,6 +203,9 @@ class Modes:
 
 def read_modes() -> Modes:
     spec = os.environ.get("STANDIN_MODE", "")
+    device = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device:  # one ComfyUI per GPU: STANDIN_MODE_<device> applies to the one started on that device only
+        spec += "," + os.environ.get(f"STANDIN_MODE_{device.replace('-', '_')}", "")
     mode_file = os.environ.get("STANDIN_MODE_FILE")
     if mode_file:
         counter = Path(mode_file + ".count")
@@ -255,6 +269,19 @@ OOM_TRACEBACK = [
     "of which 6.66 GiB is free. Including non-PyTorch memory, this process has 72.51 GiB memory in use. Of the "
     "allocated memory 72.00 GiB is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated.",
 ]
+PROMPT_OOM_TEXT = ("CUDA out of memory. Tried to allocate 11.25 GiB. GPU 0 has a total capacity of 23.53 GiB of which "
+                   "2.81 GiB is free. Including non-PyTorch memory, this process has 20.71 GiB memory in use.")
+PROMPT_OOM_TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "<comfyui>/execution.py", line 496, in execute',
+    '  File "<comfyui>/custom_nodes/ComfyUI-WanVideoWrapper/nodes_sampler.py", line 2301, in process',
+    f"torch.OutOfMemoryError: {PROMPT_OOM_TEXT}",
+]
+CRASH_TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "<comfyui>/main.py", line 380, in <module>',
+    "RuntimeError: stand-in crash on request",
+]
 DRIVER_TRACEBACK = [
     "Traceback (most recent call last):",
     '  File "<comfyui>/comfy/model_management.py", line 233, in <module>',
@@ -284,6 +311,7 @@ class State:
         stats["system"]["argv"] = ["main.py", *sys.argv[1:]]
         stats["system"]["comfyui_version"] = VERSION
         self.system_stats = stats
+        self.dirs = files.Dirs.from_args(args)
 
     def queue_json(self) -> dict[str, Any]:
         with self.lock:
@@ -294,7 +322,7 @@ class State:
             prompt_id = str(uuid.uuid4())
             number = self.number
             self.number += 1
-            outputs = [k for k, v in prompt.items() if v.get("class_type") in ("SaveImage", "PreviewImage")]
+            outputs = [k for k, v in prompt.items() if files.is_output_node(v.get("class_type", ""), self.object_info)]
             self.pending.append([number, prompt_id, prompt, extra, outputs])
             self.lock.notify_all()
             return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
@@ -313,24 +341,35 @@ class State:
             while time.monotonic() < deadline and not self.interrupted:
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
             prompt_id = item[1]
+            outputs: dict[str, Any] = {}
             if self.interrupted:
                 self.log("Processing interrupted")
                 status = {"status_str": "error", "completed": False,
                           "messages": [["execution_interrupted", {"prompt_id": prompt_id, "node_id": "1",
                                                                   "node_type": "EmptyImage", "executed": []}]]}
             elif "prompt_oom" in self.modes:
-                self.log("!!! Exception during processing !!! CUDA out of memory. Tried to allocate 8.00 GiB.")
+                node_id, node = next(iter(item[2].items()))
+                # What ComfyUI 0.3.64's execution.py logs when it catches torch's error inside a prompt.
+                self.log(f"!!! Exception during processing !!! {PROMPT_OOM_TEXT}")
+                for line in PROMPT_OOM_TRACEBACK:
+                    self.log(line)
                 self.log("Got an OOM, unloading all loaded models.")
-                status = {"status_str": "error", "completed": False, "messages": [["execution_error", {
-                    "prompt_id": prompt_id, "node_id": "1", "node_type": "EmptyImage", "executed": [],
-                    "exception_message": "CUDA out of memory. Tried to allocate 8.00 GiB.\nThis error means you ran "
-                                         "out of memory on your GPU.", "exception_type": "torch.OutOfMemoryError"}]]}
+                status = {"status_str": "error", "completed": False, "messages": [
+                    ["execution_start", {"prompt_id": prompt_id}],
+                    ["execution_error", {
+                        "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"], "executed": [],
+                        "exception_message": f"{PROMPT_OOM_TEXT}\nThis error means you ran out of memory on your GPU."
+                                             "\n\nTIPS: If the workflow worked before you might have accidentally "
+                                             "set the batch_size to a large number.",
+                        "exception_type": "torch.OutOfMemoryError", "traceback": PROMPT_OOM_TRACEBACK[1:-1],
+                        "current_inputs": {}, "current_outputs": []}]]}
             else:
+                outputs = files.write_outputs(item[2], prompt_id, self.dirs, self.object_info)
                 status = {"status_str": "success", "completed": True,
                           "messages": [["execution_start", {"prompt_id": prompt_id}],
                                        ["execution_success", {"prompt_id": prompt_id}]]}
             with self.lock:
-                self.history[prompt_id] = {"prompt": item, "outputs": {}, "status": status, "meta": {}}
+                self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": {}}
                 self.running = None
             self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
             record("prompt_done", prompt_id=prompt_id, ok=status["status_str"] == "success")
@@ -389,7 +428,14 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._json(200, state.queue_json())
             elif path == "/history":
                 with state.lock:
-                    self._json(200, dict(state.history))
+                    items = list(state.history.items())
+                query = dict(part.split("=", 1) for part in self.path.partition("?")[2].split("&") if "=" in part)
+                if query.get("max_items"):
+                    items = items[-int(query["max_items"]):]
+                self._json(200, dict(items))
+            elif path == "/manager/reboot":  # ComfyUI-Manager's reboot route (marker + exit 0, or execv)
+                self._text(200, "")
+                _after(0.05, lambda: reboot(state.log))
             elif path.startswith("/history/"):
                 prompt_id = path.split("/", 2)[2]
                 with state.lock:
@@ -397,6 +443,13 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {prompt_id: entry} if entry else {})
             elif path == "/features":
                 self._json(200, json.loads((DATA / "features.json").read_text()))
+            elif path == "/view":
+                code, data = files.view(self.path.partition("?")[2], state.dirs)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             elif path == "/models":
                 self._json(200, ["checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision"])
             else:
@@ -405,6 +458,11 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             self._hang()
             path = self._path()
+            if path in ("/upload/image", "/upload/mask"):
+                length = int(self.headers.get("Content-Length") or 0)
+                code, answer = files.upload(self.headers.get("Content-Type", ""), self.rfile.read(length), state.dirs)
+                self._json(code, answer) if answer is not None else self._text(code, "")
+                return
             try:
                 body = self._body()
             except ValueError:
@@ -425,11 +483,21 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                         state.history.clear()
                 self._text(200, "")
             elif path == "/interrupt":
-                state.interrupted = True
-                state.log("Global interrupt (no prompt_id specified)")
+                target = body.get("prompt_id") if isinstance(body, dict) else None
+                with state.lock:
+                    running = state.running[1] if state.running else None
+                if target and target != running:
+                    state.log(f"Prompt {target} is not currently running, skipping interrupt")
+                else:
+                    state.interrupted = True
+                    state.log(f"Interrupting prompt {target}" if target else "Global interrupt (no prompt_id specified)")
+                record("interrupt", prompt_id=target, running=running, acted=not target or target == running)
                 self._text(200, "")
             elif path == "/free":
                 self._text(200, "")
+            elif path == "/standin/crash":  # test-only: a crash with its own traceback (not out of memory)
+                self._text(200, "")
+                _after(0.05, lambda: die(state.log, CRASH_TRACEBACK, 1))
             else:
                 self._text(404, "404: Not Found")
 
@@ -455,10 +523,17 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                                                "details": f"Node ID '#{node_id}'", "extra_info": {}},
                                      "node_errors": {}})
                     return
-            if not any(n["class_type"] in ("SaveImage", "PreviewImage") for n in prompt.values()):
+            if not any(files.is_output_node(n["class_type"], state.object_info) for n in prompt.values()):
                 self._json(400, {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
                                            "details": "", "extra_info": {}}, "node_errors": {}})
                 return
+            if "validate" in state.modes:
+                node_errors = files.validate(prompt, state.object_info, state.dirs)
+                if node_errors:
+                    self._json(400, {"error": {"type": "prompt_outputs_failed_validation",
+                                               "message": "Prompt outputs failed validation", "details": "",
+                                               "extra_info": {}}, "node_errors": node_errors})
+                    return
             self._json(200, state.enqueue(prompt, body.get("extra_data", {})))
 
     return Handler
@@ -519,8 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = read_modes()
     log = Log(args.log_stdout)
     record("start", argv=sys.argv, cwd=os.getcwd(), pgid=os.getpgrp(), sid=os.getsid(0), ppid=os.getppid(),
-           env=sorted(os.environ), env_values={k: os.environ[k] for k in ("__COMFY_CLI_SESSION__", "JUPYTER_TOKEN",
-                                                                           "PYTHONUNBUFFERED") if k in os.environ},
+           env=sorted(os.environ), env_values={k: os.environ[k] for k in (
+               "__COMFY_CLI_SESSION__", "JUPYTER_TOKEN", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED") if k in os.environ},
            modes=sorted(modes.values), **proc_status())
 
     if "ignore_sigterm" in modes:
