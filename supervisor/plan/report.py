@@ -86,12 +86,15 @@ def render(plan: Plan, command: tuple[str, ...] = (), width: int | None = None) 
             out += _wrap(f"{model.feature} after out of memory: {steps}", width, "  ")
     if plan.remembered:
         out += _wrap(remembered_text(plan), width, "  ")
-    rows = [[m.feature, ", ".join(m.packs) or "-", f"{m.vram_gib:g}" if m.vram_gib else "-", m.workflow or "-"]
-            for m in plan.models]
+    rows = [[m.feature, f"{m.vram_gib:g}" if m.vram_gib else "-", m.workflow or "-"] for m in plan.models]
     if rows:
         out.append("")
         out.append("Features: node packs (pinned) and minimal workflows")
-        out += _table(["feature", "node packs", "peak GiB", "workflow (workflows/)"], rows, width)
+        head, groups = _table_groups(["feature", "peak GiB", "workflow (workflows/)"], rows, width)
+        out += head
+        for model, group in zip(plan.models, groups):  # each row, then its node packs on indented lines
+            out += group
+            out += _wrap(f"node packs: {', '.join(model.packs) or '-'}", width, "    ", "      ")
     for budget in plan.vram_budget:
         out.append("")
         out.append(f"VRAM budget: {budget.feature} (GiB)")
@@ -173,9 +176,11 @@ def render_instances(instances: list, plans: list[Plan]) -> str:
         peak = max((b.total_gib for b in plan.vram_budget), default=0.0)
         rows.append([instance.name, f"{gpu.name} (#{gpu.index})" if gpu else "-", str(instance.port),
                      instance.cuda_visible_devices or "-", choice + (f", peak {peak:.1f} GiB" if peak else "")])
-    out = [f"Instances: {len(instances)} ComfyUIs, one per GPU (COMFYUI_PER_GPU=true); each plans for its own GPU and "
-           f"1/{len(instances)} of the RAM ({plans[0].hardware.ram_total / GIB:.1f} GiB)", ""]
-    out += _table(["instance", "GPU", "port", "CUDA_VISIBLE_DEVICES", "plan"], rows)
+    width = _width()
+    out = _wrap(f"Instances: {len(instances)} ComfyUIs, one per GPU (COMFYUI_PER_GPU=true); each plans for its own GPU "
+                f"and 1/{len(instances)} of the RAM ({plans[0].hardware.ram_total / GIB:.1f} GiB)", width, "", "  ")
+    out.append("")
+    out += _table(["instance", "GPU", "port", "CUDA_VISIBLE_DEVICES", "plan"], rows, width)
     shown: dict[str, str] = {}
     for instance, plan in zip(instances, plans):
         text = render(plan)

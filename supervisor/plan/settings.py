@@ -335,6 +335,10 @@ class Settings:
     status_addr: tuple[str, int] = var(
         "STATUS_ADDR", "127.0.0.1:8189", _address,
         "HOST:PORT of the supervisor's `/healthz`, `/readyz` and `/status` endpoint.", group="supervise")
+    status_public: bool = var(
+        "STATUS_PUBLIC", "false", parse_bool,
+        "Allow `STATUS_ADDR` off loopback (Kubernetes probes). The endpoint has no authentication: only on a "
+        "network you trust.", group="supervise")
 
     # Downloads
     hf_token: Secret = var(
@@ -586,11 +590,11 @@ def _cross_checks(values: Mapping[str, Any]) -> list[Problem]:
     """Rules about a parsed value that its parser alone cannot know (the file system, other variables)."""
     problems: list[Problem] = []
     host, _ = values.get("status_addr", _address("127.0.0.1:8189"))
-    if not _is_loopback(host):
+    if not _is_loopback(host) and not values.get("status_public"):
         problems.append(Problem("STATUS_ADDR", f"{host!r} is not a loopback address: the status endpoint has no "
                                 "authentication and shows the pod's plan, processes and downloads",
-                                "keep it on 127.0.0.1 (the default); `supervisor health` and `docker exec` reach it "
-                                "there"))
+                                "keep it on 127.0.0.1 (the default; `supervisor health` and `docker exec` reach it "
+                                "there), or set STATUS_PUBLIC=true to serve it there anyway, on a network you trust"))
     models_dir = values.get("models_dir")
     if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
         problems.append(Problem("MODELS_DIR", f"{str(models_dir)!r} is not valid: it is a file, not a folder",

@@ -83,7 +83,9 @@ def test_expired_signed_url_is_resolved_again(hub, models, events, file):
 def test_expiring_urls_during_a_slow_download(hub, models, events, file):
     hub.url_ttl = 0.3
     hub.rate = 200_000  # bytes/s per connection: new parts start after the URL expired
-    assert fetch(hub, models).ok
+    # How many parts meet an expired URL before any byte depends on the machine's speed (each spends a retry):
+    # enough budget that only the behaviour is tested, not the timing.
+    assert fetch(hub, models, DOWNLOAD_RETRIES="50").ok
     assert "expired_url" in causes(events)
     assert (models / "loras/w.bin").read_bytes() == file
 

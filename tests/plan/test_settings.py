@@ -115,7 +115,10 @@ def test_a_status_addr_off_loopback_is_refused(catalog, addr):
     with pytest.raises(ConfigError) as info:
         load_settings({"STATUS_ADDR": addr}, catalog)
     (problem,) = info.value.problems
-    assert problem.where == "STATUS_ADDR" and "loopback" in problem.what and "127.0.0.1" in problem.fix
+    assert problem.where == "STATUS_ADDR" and "loopback" in problem.what and "STATUS_PUBLIC=true" in problem.fix
+    # Said explicitly (Kubernetes probes come from the node): served there.
+    public = load_settings({"STATUS_ADDR": addr, "STATUS_PUBLIC": "true"}, catalog)
+    assert public.status_public and public.status_addr[1] == 8189
 
 
 @pytest.mark.parametrize("variable", ["DISK_RESERVE_GB", "STARTUP_TIMEOUT", "STEADYDANCER_GUIDE_SCALE"])
