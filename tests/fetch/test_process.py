@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,11 +91,21 @@ def test_sigkill_mid_download_resumes_from_its_bytes(hub, models, big):
 
 def test_two_processes_download_a_file_once(hub, models, big):
     data, catalog = big
-    hub.rate = 4 * MB
-    first = start(hub, models, catalog)
-    assert wait_for(lambda: hub.bytes_sent() > 0)
-    second = start(hub, models, catalog)
-    (code1, _, err1), (code2, _, err2) = finish(first), finish(second)
+    hub.pause()  # the first process holds the lock and waits for bytes until the second one is waiting too
+    first = start(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+    try:
+        assert wait_for(lambda: hub.waiting() > 0), "the first process never asked for the bytes"
+        second = start(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
+        reader.start()
+        assert wait_for(lambda: any('"fetch.waiting"' in line for line in lines)), "the second never waited"
+    finally:
+        hub.resume()
+    (code1, _, err1) = finish(first)
+    second.wait(60)
+    reader.join(10)
+    code2, err2 = second.returncode, "".join(lines)
     assert code1 == 0 and code2 == 0, err1 + err2
     assert sha256((models / DEST).read_bytes()) == sha256(data)
     assert hub.bytes_sent() < 1.2 * len(data), "downloaded twice"
