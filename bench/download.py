@@ -17,9 +17,14 @@ Figures, each printed with its goal and ratio:
    = (bytes sent by both runs - SIZE) / SIZE (goal <= 5 %).
 3. warm boot: 40 present files totalling 70 GB (sparse, each with its verified marker): time of the check
    (goal <= 300 ms) and requests to the Hub (goal 0).
+4. the stronger baseline the old template shipped: `aria2c -x16 -s16` (Debian's aria2) on the same capped link, for
+   a file on tmpfs and one on disk, each with its throughput and CPU seconds per GB (ours includes sha256, fsync and
+   the progress records; aria2c checks nothing): ours / aria2c throughput (goal >= 1) and CPU ratio (reported).
+   Skipped with a note when aria2c is not installed (`apt-get install aria2`).
 
 Usage: python bench/download.py [--size BYTES] [--rate BYTES_PER_S] [--link BYTES_PER_S] [--connections N]
                                 [--warm-files N] [--warm-total BYTES] [--skip-hf] [--on-disk | --workdir DIR]
+                                [--only aria2]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -121,6 +127,52 @@ def _run_driver(args: list[str], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run argv; (result, wall seconds, CPU seconds of the child and its children: user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def aria2_baseline(hub: "StandIn", catalog: Path, args: argparse.Namespace, link: float,
+                   places: list[tuple[str, Path]]) -> list[str]:
+    """Ours and aria2c -x16 -s16 on the same link, into each place (tmpfs, disk): throughput and CPU s/GB."""
+    aria2c = shutil.which("aria2c")
+    if not aria2c:
+        return ["aria2c baseline: skipped (aria2c not installed: apt-get install aria2)"]
+    results = []
+    url = f"{hub.url}/org/bench/resolve/main/bench.safetensors"  # 302 to the CDN, which aria2c follows
+    gb = args.size / 1e9
+    for label, base in places:
+        base.mkdir(parents=True, exist_ok=True)
+        ours_dir, aria_dir = base / "ours", base / "aria2"
+        hub.reset()
+        env = {**_env(hub.url, ours_dir, catalog, args.connections), "LOG_LEVEL": "warning"}
+        proc, _, ours_cpu = _timed([sys.executable, __file__, "_ours"], env)
+        ours = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert ours["ok"], proc.stderr[-2000:]
+        ours_rate = args.size / ours["fetch_s"]
+        shutil.rmtree(ours_dir)
+        hub.reset()
+        proc, aria_s, aria_cpu = _timed([aria2c, "-x16", "-s16", "-k1M", "--file-allocation=none", "-q",
+                                         "--allow-overwrite=true", "--auto-file-renaming=false", "-d", str(aria_dir),
+                                         "-o", "bench.safetensors", url])
+        assert proc.returncode == 0 and (aria_dir / "bench.safetensors").stat().st_size == args.size, proc.stderr
+        shutil.rmtree(aria_dir)
+        aria_rate = args.size / aria_s
+        print(f"{label}: ours {ours['fetch_s']:.2f} s ({ours_rate / 1e6:.1f} MB/s, {ours_cpu / gb:.2f} CPU-s/GB incl. "
+              f"interpreter start, sha256, fsync); aria2c -x16 -s16 {aria_s:.2f} s ({aria_rate / 1e6:.1f} MB/s, "
+              f"{aria_cpu / gb:.2f} CPU-s/GB)", flush=True)
+        results.append(_line(f"throughput ours / aria2c ({label})", ours_rate / aria_rate, "x", ">= 1",
+                             ours_rate / aria_rate, ours_rate >= aria_rate))
+        results.append(_line(f"CPU s per GB ours / aria2c ({label})", ours_cpu / aria_cpu, "x", "(reported)",
+                             ours_cpu / aria_cpu, True))
+    return results
+
+
 def _line(name: str, value: float, unit: str, goal: str, ratio: float, ok: bool) -> str:
     return f"{name:<46} {value:>10.3f} {unit:<6} goal {goal:<14} ratio {ratio:6.2f}  {'MET' if ok else 'NOT MET'}"
 
@@ -137,6 +189,7 @@ def main() -> int:
     parser.add_argument("--on-disk", action="store_true", help="write to the temporary folder, not to /dev/shm")
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder (on /dev/shm if it has room), "
                                                      "removed at the end")
+    parser.add_argument("--only", choices=["aria2"], help="run only this part")
     args = parser.parse_args()
     link = args.link or 4 * args.rate
     shm = Path("/dev/shm")
@@ -159,6 +212,16 @@ def main() -> int:
             print(f"stand-in Hub {hub.url}, CDN {hub.cdn}; {args.size / 1e9:.2f} GB file; {args.rate / 1e6:.0f} MB/s "
                   f"per connection, link {link / 1e6:.0f} MB/s; our fetch with {args.connections} connections; "
                   f"files written to {work}{' (tmpfs)' if on_shm else ''}", flush=True)
+
+            if args.only == "aria2":
+                disk = Path(tempfile.mkdtemp(prefix="bench-download-disk-"))
+                try:
+                    results += aria2_baseline(hub, catalog, args, link,
+                                              [("tmpfs" if on_shm else "workdir", work / "a2"), ("disk", disk)])
+                finally:
+                    shutil.rmtree(disk, ignore_errors=True)
+                print("\n" + "\n".join(results))
+                return 0
 
             # 1. throughput
             hub.reset()
@@ -202,6 +265,14 @@ def main() -> int:
             print(f"killed at {first / args.size:.1%} sent; the restart fetched {second / 1e6:.1f} MB", flush=True)
             results.append(_line("re-fetched after SIGKILL at 90 % (% of file)", 100 * again / args.size, "%", "<= 5 %",
                                  (again / args.size) / 0.05, again <= 0.05 * args.size))
+
+            # 4. aria2c, on tmpfs (where `work` is, if it fits) and on disk
+            disk = Path(tempfile.mkdtemp(prefix="bench-download-disk-"))
+            try:
+                results += aria2_baseline(hub, catalog, args, link,
+                                          [("tmpfs" if on_shm else "workdir", work / "a2"), ("disk", disk)])
+            finally:
+                shutil.rmtree(disk, ignore_errors=True)
         finally:
             hub.close()
 

@@ -13,6 +13,9 @@ Figures, each printed with its goal and the ratio measured / goal (below 1 is be
 * RSS of the supervisor once ready (fetch and workflow modules loaded). Goal 60 MB. Also after a cold start that
   downloads a 512 MiB file from the stand-in Hub (tests/standins/hub.py, in its own process) through 8 connections.
 * CPU of the supervisor while idle and ready, over --idle-seconds (default 60). Goal 0.5 %.
+* warm start overhead, side by side: the stand-in ComfyUI alone (exec of `python main.py` -> first answer of
+  GET /system_stats) and `supervisor run` (exec -> `supervise.ready`) on a warm volume (nothing to download, the
+  flag check cached by an earlier start), alternated; figure = median(supervised) - median(alone). Goal 300 ms.
 
     python bench/supervise.py [--rounds 5] [--idle-seconds 60] [--pid1]
 """
@@ -40,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.standins.comfyui import write_main  # noqa: E402
 
-GOALS = {"ready_ms": 100.0, "restart_ms": 200.0, "shutdown_ms": 100.0, "rss_mb": 60.0, "idle_cpu_pct": 0.5}
+GOALS = {"ready_ms": 100.0, "restart_ms": 200.0, "shutdown_ms": 100.0, "rss_mb": 60.0, "idle_cpu_pct": 0.5,
+         "warm_start_ms": 300.0}
 
 
 def free_port() -> int:
@@ -125,6 +129,53 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def comfyui_alone(root: Path) -> float:
+    """Seconds from exec of the stand-in ComfyUI to its first answer of GET /system_stats."""
+    import urllib.request
+
+    port = free_port()
+    data = root / "alone"
+    (data / "user").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port),
+                             "--user-directory", str(data / "user")], cwd=root / "comfyui",
+                            env={"PATH": os.environ["PATH"], "STANDIN_RECORD": str(data / "r.jsonl")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/system_stats", timeout=1) as answer:
+                    answer.read()
+                return time.perf_counter() - started
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("the stand-in ComfyUI exited")
+                time.sleep(0.005)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def warm_start(root: Path, rounds: int, pid1: bool) -> tuple[list[float], list[float]]:
+    """(alone, supervised) seconds, alternated so that a busy moment hits both."""
+    env = {"COMFYUI_PORT": str(free_port()), "STATUS_ADDR": f"127.0.0.1:{free_port()}"}
+    first = Supervisor(root, pid1, **env)  # fills the flag cache, as a pod's first start does
+    first.wait_for("supervise.ready")
+    first.stop()
+    alone, supervised = [], []
+    for _ in range(rounds):
+        alone.append(comfyui_alone(root))
+        started = time.perf_counter()
+        sup = Supervisor(root, pid1, **env)
+        try:
+            sup.wait_for("supervise.ready")
+            supervised.append(time.perf_counter() - started)
+        finally:
+            sup.stop()
+    return alone, supervised
 
 
 def ready_latency(root: Path, rounds: int, pid1: bool, extra: dict[str, str]) -> list[float]:
@@ -237,7 +288,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--pid1", action="store_true", help="run the supervisor as PID 1 of a new PID namespace")
+    parser.add_argument("--only", choices=["warm_start", "rss"], help="run only this part")
     args = parser.parse_args()
+    if args.only:
+        with tempfile.TemporaryDirectory(prefix="bench-supervise-") as tmp:
+            root = Path(tmp)
+            if args.only == "warm_start":
+                alone, supervised = warm_start(root, args.rounds, args.pid1)
+                overhead = 1000 * (statistics.median(supervised) - statistics.median(alone))
+                line("warm start overhead (median)", overhead, GOALS["warm_start_ms"], "ms",
+                     f"ComfyUI alone {1000 * statistics.median(alone):.0f} ms, supervised "
+                     f"{1000 * statistics.median(supervised):.0f} ms (exec to ready)")
+            else:
+                rss, uss, _ = footprint(root, 1.0, args.pid1)
+                line("RSS when ready", rss, GOALS["rss_mb"], "MB", f"USS {uss:.1f} MB")
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-supervise-") as tmp:
         root = Path(tmp)
         print(f"supervisor benchmark: {args.rounds} rounds, idle {args.idle_seconds:g} s, "
@@ -260,6 +325,11 @@ def main() -> int:
         line("RSS when ready after 512 MiB fetch", rss_dl, GOALS["rss_mb"], "MB", f"USS {uss_dl:.1f} MB")
         line(f"CPU idle over {args.idle_seconds:g} s", cpu, GOALS["idle_cpu_pct"], "%",
              "HEALTH_INTERVAL=10 (default)")
+        alone, supervised = warm_start(root, args.rounds, args.pid1)
+        overhead = 1000 * (statistics.median(supervised) - statistics.median(alone))
+        line("warm start overhead (median)", overhead, GOALS["warm_start_ms"], "ms",
+             f"ComfyUI alone {1000 * statistics.median(alone):.0f} ms, supervised "
+             f"{1000 * statistics.median(supervised):.0f} ms (exec to ready)")
     return 0
 
 

@@ -26,7 +26,7 @@ def _hardware_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hardware", type=Path, metavar="FILE", help="read the hardware from `supervisor probe` output")
     group.add_argument("--gpu", metavar="NAME", help="simulate a known GPU, e.g. 'A100 40GB', 'RTX 4090', h100")
     group.add_argument("--vram", metavar="SIZE", help="simulate a GPU of this size: 24GiB, 24GB, 24576MiB, 24")
-    group.add_argument("--gpu-count", type=int, default=1, metavar="N", help="number of simulated GPUs (default 1)")
+    group.add_argument("--gpu-count", type=int, metavar="N", help="number of simulated GPUs (default 1)")
     group.add_argument("--ram", metavar="SIZE", help="simulate this much host RAM")
     group.add_argument("--disk", metavar="SIZE", help="simulate this much free disk on the models volume")
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(args: argparse.Namespace) -> HardwareOptions:
     return HardwareOptions(hardware_file=getattr(args, "hardware", None), gpu=getattr(args, "gpu", None),
-                           vram=getattr(args, "vram", None), gpu_count=getattr(args, "gpu_count", 1),
+                           vram=getattr(args, "vram", None), gpu_count=getattr(args, "gpu_count", None),
                            ram=getattr(args, "ram", None), disk=getattr(args, "disk", None))
 
 
@@ -102,13 +102,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command == "health":
             from .run.health import command as health_command
             return health_command(args, environ)
+        if command == "probe":
+            return _probe(args, environ)
         ctx = load_context(environ, _options(args))
         logs.configure(ctx.settings.log_level, ctx.settings.log_format, stream=stream)
         for warning in ctx.settings.warnings:
             log.warning("settings.warning", message=warning)
-        if command == "probe":
-            print(json.dumps(ctx.hardware.to_dict(), indent=1))
-            return 0
         if command == "plan":
             return _plan(ctx, args)
         if command == "fetch":
@@ -120,13 +119,27 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from .run import run as run_supervisor
         return run_supervisor(ctx, args)
     except ConfigError as exc:
-        log.error("config.error", problems=[str(p) for p in exc.problems])
-        print(logs.scrub(exc.render()), file=sys.stderr)
+        log.error("config.error", message=exc.title, problems=[str(p) for p in exc.problems])
+        if logs.human_output():  # with LOG_FORMAT=json every line is one JSON object: the event says it all
+            print(logs.scrub(exc.render()), file=sys.stderr)
         return exc.exit_code
     except SupervisorError as exc:
         log.error("error", message=str(exc))
-        print(logs.scrub(str(exc)), file=sys.stderr)
+        if logs.human_output():
+            print(logs.scrub(str(exc)), file=sys.stderr)
         return exc.exit_code
+
+
+def _probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """The hardware as JSON. Reads only what the probe needs (MODELS_DIR for the disk, the GPU visibility
+    variables): an unrelated bad variable is no reason to refuse to describe the machine."""
+    from .plan.context import resolve_hardware
+    from .plan.settings import read_variable
+
+    models_dir = read_variable(environ, "MODELS_DIR")
+    hardware = resolve_hardware(models_dir, _options(args), environ)
+    print(json.dumps(hardware.to_dict(), indent=1))
+    return 0
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> int:

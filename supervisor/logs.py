@@ -24,6 +24,7 @@ _TOKEN_SHAPES = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|(?i:(?<=bearer )[A-Za-z0-9.
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_json_lines = True  # what the last configure() chose
 
 
 def register_secret(value: str | None) -> None:
@@ -104,8 +105,10 @@ class _StdlibBridge(logging.Handler):
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process. `fmt` is auto, json or console."""
+    global _json_lines
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
+    _json_lines = use_json
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if use_json
@@ -130,6 +133,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)] + [_StdlibBridge()]
     root.setLevel(logging.WARNING)
+
+
+def human_output() -> bool:
+    """May a command print plain text for people beside its log events? Not with JSON lines: there every line a
+    process prints is one JSON object, so `docker logs ... | jq` never breaks."""
+    return not _json_lines
 
 
 def get_logger(name: str = "supervisor", **bind: Any) -> Any:

@@ -3,7 +3,9 @@
 Modules: resolve (huggingface_hub metadata, URL probes), net (the httpx client, HTTP failures sorted into retry
 classes), transfer (parallel ranged downloads with retries), schedule and ranges (who fetches which bytes), store
 (partial files, progress records, atomic placement), lock (one writer per file across processes and pods),
-hashing, progress, report, engine (fetch_plan, the phases), command (`supervisor fetch`).
+hashing, progress, report; the phases of one fetch: state (what they share), scan (what is on disk), lookup
+(metadata), dryrun, download (disk check and downloads), engine (fetch_plan: the order of the phases); command
+(`supervisor fetch`).
 
 Public API: fetch_plan, FetchReport, FetchError, command.
 """

@@ -55,6 +55,14 @@ class Permanent(FetchFailure):
         self.fix = fix
 
 
+class Unreachable(FetchFailure):
+    """The Hub never answered (connection refused, DNS, timeouts) for `Tuning.unreachable_after` seconds: every file
+    that still needs it fails at once with one message, instead of each retrying for minutes."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "unreachable")
+
+
 class Corrupt(FetchFailure):
     """The finished bytes do not hash to the expected sha256 (or have the wrong size)."""
 

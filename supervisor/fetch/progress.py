@@ -186,10 +186,9 @@ def _percent(done: int, size: int | None) -> float | None:
 
 
 def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    from ..plan.hardware import format_size
+
+    return format_size(n)
 
 
 def _clock(seconds: float) -> str:

@@ -64,7 +64,6 @@ def render_dry_run(report: FetchReport) -> str:
 
 
 def human(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    from ..plan.hardware import format_size  # the plan's units: one total reads the same in plan and fetch
+
+    return format_size(n)

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..plan import volume
+from .errors import is_disk_full
 from .ranges import RangeSet
+from .schedule import Schedule
+from .tuning import Tuning
 
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_DIR = "partial"
@@ -106,6 +110,44 @@ class Partial:
             self.record.unlink()
         except FileNotFoundError:
             pass
+
+
+class Checkpoint:
+    """Saves the progress record every `checkpoint_bytes` or `checkpoint_seconds`, from whichever connection
+    crosses the mark; the others do not wait for it."""
+
+    def __init__(self, partial: Partial, identity: dict[str, Any], schedule: Schedule, tuning: Tuning):
+        self.partial = partial
+        self.identity = identity
+        self.schedule = schedule
+        self.tuning = tuning
+        self._since = 0
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._saving = threading.Lock()
+
+    def note(self, n: int) -> None:
+        with self._lock:
+            self._since += n
+            due = self._since >= self.tuning.checkpoint_bytes or time.monotonic() - self._last >= \
+                self.tuning.checkpoint_seconds
+        if due:
+            self.save()
+
+    def save(self, force: bool = False) -> None:
+        if not self._saving.acquire(blocking=force):
+            return
+        try:
+            with self._lock:
+                self._since = 0
+                self._last = time.monotonic()
+            if self.schedule.size < (1 << 62):
+                self.partial.save(self.identity, self.schedule.snapshot())
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+        finally:
+            self._saving.release()
 
 
 def fsync_dir(path: Path) -> None:

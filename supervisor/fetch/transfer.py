@@ -12,130 +12,30 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, Retrying
 
 from ._log import log
 from .errors import (Corrupt, Deadline, DiskFull, Expired, FetchFailure, Interrupted, LockLost, Permanent,
                      SourceChanged, Transient, is_disk_full)
 from .hashing import Digests, PrefixHasher, hash_file
 from .net import origin, status_failure, transport_failure
-from .progress import Progress
 from .ranges import RangeSet
 from .resolve import Remote
 from .schedule import Part, Schedule
-from .store import Partial
-from .tuning import Tuning
+from .session import Budget, Result, Run, Sockets, Source, VersionChanged
+from .store import Checkpoint, Partial
 
+__all__ = ["Result", "Run", "Sockets", "Source", "Transfer"]
 
 
 class RangeIgnored(FetchFailure):
     """The server answered a Range request with the whole file."""
-
-
-class VersionChanged(FetchFailure):
-    """Resolving again found another version of the file: start over."""
-
-
-class Sockets:
-    """Sockets of responses being read, so `halt` can wake blocked reads (shutdown wakes recv; close does not)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-
-    def add(self, response: httpx.Response) -> socket.socket | None:
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with self._lock:
-                self._open.add(sock)
-        return sock
-
-    def remove(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            with self._lock:
-                self._open.discard(sock)
-
-    def shutdown_all(self) -> None:
-        with self._lock:
-            socks = list(self._open)
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class Budget:
-    """A file's retries without progress, shared by its connections."""
-
-    def __init__(self, retries: int):
-        self.left = retries
-        self._lock = threading.Lock()
-
-    def spend(self) -> bool:
-        with self._lock:
-            if self.left <= 0:
-                return False
-            self.left -= 1
-            return True
-
-
-class Source:
-    """The file's current Remote; resolved again (once, however many connections ask) when a URL expires."""
-
-    def __init__(self, remote: Remote, resolve: Callable[[], Remote]):
-        self.remote = remote
-        self.generation = 0
-        self._resolve = resolve
-        self._lock = threading.Lock()
-
-    def current(self) -> tuple[Remote, int]:
-        with self._lock:
-            return self.remote, self.generation
-
-    def refresh(self, seen: int) -> None:
-        with self._lock:
-            if self.generation != seen:
-                return  # another connection already did
-            fresh = self._resolve()
-            if fresh.identity() != self.remote.identity():
-                self.remote = fresh
-                self.generation += 1
-                raise VersionChanged(f"the file changed upstream while downloading (now {fresh.etag or fresh.size})")
-            self.remote = fresh
-            self.generation += 1
-            log.info("fetch.resolved_again", url_origin=origin(fresh.url))
-
-
-@dataclass
-class Result:
-    size: int
-    sha256: str
-    git_sha1: str
-    fetched: int  # bytes received in this run
-
-
-@dataclass
-class Run:
-    """What every transfer of one fetch shares."""
-
-    client: httpx.Client
-    halt: threading.Event
-    progress: Progress
-    sockets: Sockets
-    connections: int
-    retries: int
-    deadline_s: float  # DOWNLOAD_TIMEOUT, 0 = none
-    tuning: Tuning
 
 
 class Transfer:
@@ -209,7 +109,7 @@ class Transfer:
             self.run.progress.state(self.dest, "downloading", size=size, done=done.total)
             log.info("fetch.start", dest=self.dest, size=size, resumed_bytes=done.total,
                      connections=self._connections(size, done), ranged=self.ranged)
-            checkpoint = _Checkpoint(self.partial, identity, schedule, self.run.tuning)
+            checkpoint = Checkpoint(self.partial, identity, schedule, self.run.tuning)
             self._run_connections(fd, schedule, hasher, checkpoint, size)
             if size is None:
                 size = schedule.done.total
@@ -265,7 +165,7 @@ class Transfer:
         missing = size - done.total
         return max(1, min(self.run.connections, math.ceil(missing / self.run.tuning.min_part)))
 
-    def _run_connections(self, fd: int, schedule: Schedule, hasher: PrefixHasher | None, checkpoint: "_Checkpoint",
+    def _run_connections(self, fd: int, schedule: Schedule, hasher: PrefixHasher | None, checkpoint: "Checkpoint",
                          size: int | None) -> None:
         errors: list[BaseException] = []
         count = self._connections(size, schedule.done)
@@ -320,18 +220,26 @@ class Transfer:
     # -- one part, with retries -----------------------------------------------------------------------------------
 
     def _fetch_part(self, fd: int, part: Part, schedule: Schedule, hasher: PrefixHasher | None,
-                    checkpoint: "_Checkpoint", size: int | None) -> None:
-        state = {"misses": 0, "refresh": None}
+                    checkpoint: "Checkpoint", size: int | None) -> None:
+        # The accounting happens in `retry`, which tenacity always calls first; `stop` and `wait` only read it, so
+        # the order tenacity calls them in (wait before stop since 8.3, stop before wait in 8.2) does not matter.
+        state: dict[str, Any] = {"misses": 0, "refresh": None, "spent": True}
+
+        def retry(rs: RetryCallState) -> bool:
+            exc = rs.outcome.exception() if rs.outcome else None
+            if not isinstance(exc, Transient):
+                return False
+            if getattr(exc, "progressed", False):
+                state["misses"], state["spent"] = 0, True  # a retry after progress is free
+            else:
+                state["misses"] += 1
+                state["spent"] = self.budget.spend()
+            return True
 
         def stop(rs: RetryCallState) -> bool:
-            exc = rs.outcome.exception() if rs.outcome else None
             if self.run.halt.is_set() or self.abort.is_set() or self._past_deadline():
                 return True
-            if getattr(exc, "progressed", False):
-                state["misses"] = 0
-                return False
-            state["misses"] += 1
-            return not self.budget.spend()
+            return not state["spent"]
 
         def wait(rs: RetryCallState) -> float:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -341,7 +249,7 @@ class Transfer:
                 return min(server, t.retry_after_max)
             if getattr(exc, "progressed", False):
                 return min(0.1, t.backoff_initial)
-            base = min(t.backoff_initial * 2 ** (state["misses"] - 1), t.backoff_max)
+            base = min(t.backoff_initial * 2 ** max(state["misses"] - 1, 0), t.backoff_max)
             return base * random.uniform(0.5, 1.0)  # jitter: connections do not retry in lockstep
 
         def before_sleep(rs: RetryCallState) -> None:
@@ -350,7 +258,7 @@ class Transfer:
                         attempt=rs.attempt_number, wait=round(rs.next_action.sleep, 2) if rs.next_action else None,
                         offset=part.pos, error=str(exc), retries_left=self.budget.left)
 
-        retrying = Retrying(retry=retry_if_exception_type(Transient), stop=stop, wait=wait,
+        retrying = Retrying(retry=retry, stop=stop, wait=wait,
                             sleep=lambda s: self.run.halt.wait(s), before_sleep=before_sleep, reraise=True)
         for attempt in retrying:
             with attempt:
@@ -378,7 +286,7 @@ class Transfer:
         return bool(self.run.deadline_s) and time.monotonic() - self.started > self.run.deadline_s
 
     def _stream(self, fd: int, part: Part, schedule: Schedule, hasher: PrefixHasher | None,
-                checkpoint: "_Checkpoint", size: int | None) -> None:
+                checkpoint: "Checkpoint", size: int | None) -> None:
         self._check()
         if part.pos >= part.end:
             return
@@ -442,7 +350,7 @@ class Transfer:
                              what=self.dest)
 
     def _read(self, response: httpx.Response, fd: int, part: Part, schedule: Schedule,
-              hasher: PrefixHasher | None, checkpoint: "_Checkpoint") -> None:
+              hasher: PrefixHasher | None, checkpoint: "Checkpoint") -> None:
         buffer = bytearray()
         limit = self.run.tuning.write_buffer
         skip = 0 if self.ranged else part.pos  # no Range: the body starts at 0 again, drop what we have
@@ -463,7 +371,7 @@ class Transfer:
                 self._write(fd, part, schedule, hasher, checkpoint, buffer)  # received bytes are good bytes
 
     def _write(self, fd: int, part: Part, schedule: Schedule, hasher: PrefixHasher | None,
-               checkpoint: "_Checkpoint", data: bytearray) -> bool:
+               checkpoint: "Checkpoint", data: bytearray) -> bool:
         """Write what still belongs to this part; True when the part is complete."""
         if self.lock_lost.is_set():
             raise LockLost(f"{self.dest}: another process took over the lock")
@@ -487,44 +395,6 @@ class Transfer:
         self.run.progress.add(self.dest, n)
         checkpoint.note(n)
         return part.pos >= part.end
-
-
-class _Checkpoint:
-    """Saves the progress record every `checkpoint_bytes` or `checkpoint_seconds`, from whichever connection
-    crosses the mark; the others do not wait for it."""
-
-    def __init__(self, partial: Partial, identity: dict[str, Any], schedule: Schedule, tuning: Tuning):
-        self.partial = partial
-        self.identity = identity
-        self.schedule = schedule
-        self.tuning = tuning
-        self._since = 0
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
-        self._saving = threading.Lock()
-
-    def note(self, n: int) -> None:
-        with self._lock:
-            self._since += n
-            due = self._since >= self.tuning.checkpoint_bytes or time.monotonic() - self._last >= \
-                self.tuning.checkpoint_seconds
-        if due:
-            self.save()
-
-    def save(self, force: bool = False) -> None:
-        if not self._saving.acquire(blocking=force):
-            return
-        try:
-            with self._lock:
-                self._since = 0
-                self._last = time.monotonic()
-            if self.schedule.size < (1 << 62):
-                self.partial.save(self.identity, self.schedule.snapshot())
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-        finally:
-            self._saving.release()
 
 
 _SEVERITY = (DiskFull, LockLost, Permanent, Corrupt, VersionChanged, RangeIgnored, Deadline, Transient, Interrupted)

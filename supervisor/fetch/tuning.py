@@ -26,4 +26,5 @@ class Tuning:
     progress_interval: float = 5.0
     lock_heartbeat: float = 5.0
     lock_stale_after: float = 60.0
+    unreachable_after: float = 30.0  # no metadata answer at all for this long: the Hub is unreachable
     max_restarts: int = 2  # whole-file restarts (corrupt bytes, new upstream version, ignored Range)

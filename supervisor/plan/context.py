@@ -25,13 +25,13 @@ class HardwareOptions:
     hardware_file: Path | None = None
     gpu: str | None = None
     vram: str | None = None
-    gpu_count: int = 1
+    gpu_count: int | None = None
     ram: str | None = None
     disk: str | None = None
 
     @property
     def simulated(self) -> bool:
-        return bool(self.gpu or self.vram or self.ram or self.disk)
+        return bool(self.gpu or self.vram or self.ram or self.disk or self.gpu_count is not None)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
     except ConfigError as exc:
         catalog_error = exc
     try:
-        settings = load_settings(environ, catalog)
+        # With a broken overlay, the feature variables are still checked against the shipped catalogue, so one
+        # run reports the catalogue's problems and the environment's together.
+        settings = load_settings(environ, catalog if catalog_error is None else _shipped_catalog())
     except ConfigError as exc:
         problems = exc.problems + (catalog_error.problems if catalog_error else [])
         raise ConfigError(problems, title="configuration error") from None
@@ -97,23 +99,30 @@ def load_context(environ: Mapping[str, str] | None = None, options: HardwareOpti
     assert catalog is not None
     for secret in settings.secrets():
         logs.register_secret(secret)
-    hardware = resolve_hardware(settings, options, environ, nvml)
+    hardware = resolve_hardware(settings.models_dir, options, environ, nvml)
     return Context(settings=settings, catalog=catalog, hardware=hardware,
                    instances=tuple(instances(settings, hardware)))
 
 
-def resolve_hardware(settings: Settings, options: HardwareOptions, environ: Mapping[str, str],
+def _shipped_catalog() -> Catalog | None:
+    try:
+        return load_catalog()
+    except ConfigError:
+        return None
+
+
+def resolve_hardware(models_dir: Path, options: HardwareOptions, environ: Mapping[str, str],
                      nvml: object = None) -> hw.Hardware:
     if options.hardware_file:
         base = hw.load(options.hardware_file)
     elif options.gpu or options.vram:
         # Simulating a GPU: do not touch NVML at all, only this machine's RAM and disk.
         ram_total, ram_available, ram_source = hw.probe_ram()
-        disk_path, disk_free = hw.probe_disk(settings.models_dir)
+        disk_path, disk_free = hw.probe_disk(models_dir)
         base = hw.Hardware(gpus=(), ram_total=ram_total, ram_available=ram_available, disk_free=disk_free,
                            disk_path=str(disk_path), ram_source=ram_source, source="simulated")
     else:
-        base = hw.probe(settings.models_dir, environ, nvml=nvml)
+        base = hw.probe(models_dir, environ, nvml=nvml)
     if options.simulated:
         return hw.simulate(base, gpu=options.gpu, vram=options.vram, count=options.gpu_count, ram=options.ram,
                            disk=options.disk)

@@ -39,6 +39,8 @@ CIVITAI_DOWNLOAD = "https://civitai.com/api/download/models/"
 def vram_class(total_bytes: int) -> str:
     """The marketing class of a card: the nearest class in ratio, so 79.65 GiB (H100) and 80 GiB (A100) are '80 GB'."""
     value = total_bytes / GIB
+    if value <= 0:
+        return "none"
     best = min(VRAM_CLASSES_GB, key=lambda c: abs(math.log(value / c)))
     return f"{best} GB"
 
@@ -119,6 +121,7 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
 
     budgets: list[VramBudget] = []
     ram_needs: list[int] = []
+    unrunnable = False
     for feature in active:
         selection = settings.features[feature.name]
         if feature.runtime is not None and gpu is not None:
@@ -128,6 +131,16 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
             models.append(choice)
             warnings.extend(notes)
             errors.extend(problems)
+            if problems:
+                # It cannot run here: none of its files are worth downloading (text encoder, pose models, ...).
+                unrunnable = True
+                for key in list(requested):
+                    if feature.name in requested[key]:
+                        requested[key].remove(feature.name)
+                    if not requested[key]:
+                        del requested[key]
+                        if specs[key].dest not in present:
+                            fixed_missing -= specs[key].size
             if budget:
                 budgets.append(budget)
             if ram_need:
@@ -143,9 +156,15 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
 
     downloads = tuple(Download.from_spec(specs[k], tuple(fs), specs[k].dest in present) for k, fs in requested.items())
     missing = sum(d.size for d in downloads if not d.present)
-    disk = ResourceCheck(need=missing, available=max(disk_allowance, 0), fits=missing <= disk_allowance,
+    disk = ResourceCheck(need=missing, available=max(disk_allowance, 0), fits=not missing or missing <= disk_allowance,
                          detail=f"{missing / GIB:.1f} GiB to download; {hardware.disk_free / GIB:.1f} GiB free at "
                                 f"{hardware.disk_path}, {settings.disk_reserve_gb:g} GB kept free")
+    if not missing and disk_allowance < 0:
+        # Every file is in place: the reserve protects downloads, and there are none. Outputs share the volume on
+        # RunPod, so a full volume must not keep a complete pod from becoming ready.
+        warnings.append(f"disk: only {hardware.disk_free / GIB:.1f} GiB free at {hardware.disk_path}, less than "
+                        f"DISK_RESERVE_GB={settings.disk_reserve_gb:g}; nothing needs downloading, but outputs may "
+                        "fail to save: free some space")
     if not disk.fits:
         errors.append(f"disk: {missing / GIB:.1f} GiB to download but only {max(disk_allowance, 0) / GIB:.1f} GiB "
                       f"may be used on {hardware.disk_path} (free {hardware.disk_free / GIB:.1f} GiB minus "
@@ -158,7 +177,7 @@ def make_plan(settings: Settings, catalog: Catalog, hardware: Hardware, present:
     ram = ResourceCheck(need=ram_need, available=ram_capacity, fits=ram_need <= ram_capacity,
                         detail=f"largest model needs {ram_need / GIB:.1f} GiB; {hardware.ram_total / GIB:.1f} GiB "
                                f"RAM ({hardware.ram_source}), {catalog.planner.ram_headroom_fraction:.0%} kept free")
-    comfyui_args, arg_notes = comfyui_flags(settings, catalog, gpu, models)
+    comfyui_args, arg_notes = comfyui_flags(settings, catalog, gpu, models, unrunnable=unrunnable)
     warnings.extend(arg_notes)
     return Plan(hardware=hardware, gpu=gpu, vram_class=vram_class(gpu.total) if gpu else "none", gpu_tier=tier,
                 models=tuple(models), downloads=downloads, comfyui_args=comfyui_args, vram_budget=tuple(budgets),
@@ -304,9 +323,10 @@ def _knobs(feature: Feature, catalog: Catalog, fit: Fit, settings: Settings, gpu
         vae_tiling=gib(gpu.total) < catalog.planner.vae_tiling_below_gib, onnx_device="CUDAExecutionProvider")
 
 
-def comfyui_flags(settings: Settings, catalog: Catalog, gpu: Gpu | None,
-                  models: list[ModelChoice]) -> tuple[tuple[str, ...], list[str]]:
-    """ComfyUI flags that follow from the plan, then COMFYUI_ARGS (a VRAM flag there replaces the plan's)."""
+def comfyui_flags(settings: Settings, catalog: Catalog, gpu: Gpu | None, models: list[ModelChoice],
+                  unrunnable: bool = False) -> tuple[tuple[str, ...], list[str]]:
+    """ComfyUI flags that follow from the plan, then COMFYUI_ARGS (a VRAM flag there replaces the plan's). A model
+    that cannot run here keeps `--highvram` off: nothing was sized to stay resident."""
     c = catalog.planner
     flags: list[str] = []
     notes: list[str] = []
@@ -321,7 +341,8 @@ def comfyui_flags(settings: Settings, catalog: Catalog, gpu: Gpu | None,
         offloads = {m.offload for m in models if m.knobs is not None}
         if SEQUENTIAL in offloads or settings.gpu_memory_mode == SEQUENTIAL or usable < c.lowvram_max_gib:
             vram_flag = "--lowvram"
-        elif usable >= c.highvram_min_gib and offloads <= {FULL} and settings.gpu_memory_mode in ("auto", FULL):
+        elif usable >= c.highvram_min_gib and offloads <= {FULL} and not unrunnable and \
+                settings.gpu_memory_mode in ("auto", FULL):
             vram_flag = "--highvram"
     user = list(settings.comfyui_args)
     user_vram = [a for a in user if a in VRAM_STATE_FLAGS]

@@ -1,4 +1,5 @@
-"""The environment, parsed once into a frozen `Settings`. Every rule about environment variables lives here.
+"""The environment, parsed once into a frozen `Settings`. Every rule about environment variables lives here (the
+parsers of single values in `values.py`).
 
 Each variable is declared once, as a dataclass field carrying its name, default, parser and meaning; the README's
 configuration reference is checked against these declarations by a test. Feature switches (`ENABLE_*`) and their
@@ -10,153 +11,18 @@ All problems are collected and raised together, so a user fixes their pod config
 from __future__ import annotations
 
 import difflib
-import os
-import shlex
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import ConfigError, Problem
+from .values import (Secret, _address, _args, _choice, _float, _int, _is_loopback, _listen, _one_edit,
+                     _optional_address, _optional_path, _path, _paths, _ports, _secret, _text, _url, _workflow_file,
+                     parse_bool)
 
 if TYPE_CHECKING:
     from .catalog import Catalog
-
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off")
-
-
-class Secret(str):
-    """A string whose repr never shows its value, so a printed Settings cannot leak it."""
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self else "Secret('')"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parsers: each takes the raw text and returns a value or raises ValueError saying what was expected.
-
-
-def parse_bool(text: str) -> bool:
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ValueError(f"expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)} (any case)")
-
-
-def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(f"expected a whole number{_range_text(low, high)}") from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"expected a whole number{_range_text(low, high)}")
-        return value
-
-    return parse
-
-
-def _float(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(f"expected a number{_range_text(low, high)}") from None
-        if value != value or (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"expected a number{_range_text(low, high)}")
-        return value
-
-    return parse
-
-
-def _range_text(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f" from {low} to {high}"
-    if low is not None:
-        return f" of at least {low}"
-    return f" of at most {high}" if high is not None else ""
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        word = text.strip().lower()
-        if word not in choices:
-            raise ValueError(f"expected one of: {', '.join(choices)}")
-        return word
-
-    return parse
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
-def _secret(text: str) -> Secret:
-    return Secret(text.strip())
-
-
-def _path(text: str) -> Path:
-    text = text.strip()
-    if not text:
-        raise ValueError("expected a path, got an empty value")
-    return Path(text).expanduser()
-
-
-def _optional_path(text: str) -> Path | None:
-    return _path(text) if text.strip() else None
-
-
-def _args(text: str) -> tuple[str, ...]:
-    try:
-        return tuple(shlex.split(text))
-    except ValueError as exc:
-        raise ValueError(f"cannot split into arguments ({exc}); check the quotes") from None
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError("expected HOST:PORT, for example 127.0.0.1:8189")
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= 65535:
-        raise ValueError("expected HOST:PORT with a port from 0 to 65535")
-    return host.strip("[]"), number
-
-
-def _optional_address(text: str) -> tuple[str, int] | None:
-    return _address(text) if text.strip() else None
-
-
-def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL")
-    return text
-
-
-def _ports(text: str) -> tuple[int, ...]:
-    ports = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if not part.isdigit() or not 1 <= int(part) <= 65535:
-            raise ValueError(f"{part!r} is not a port: expected a comma list of ports from 1 to 65535")
-        if int(part) in ports:
-            raise ValueError(f"port {part} is listed twice: each ComfyUI needs its own")
-        ports.append(int(part))
-    return tuple(ports)
-
-
-def _paths(text: str) -> tuple[Path, ...]:
-    parts = [p.strip() for p in text.replace(",", os.pathsep).split(os.pathsep)]
-    return tuple(Path(p).expanduser() for p in parts if p)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Declarations
@@ -168,7 +34,8 @@ def var(name: str, default: str, parser: Callable[[str], Any], doc: str, *, grou
     return field(default=parser(default) if default != "" or parser in _EMPTY_OK else None, metadata=meta)
 
 
-_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports, _optional_address}
+_EMPTY_OK: set[Callable[[str], Any]] = {_text, _secret, _args, _optional_path, _paths, _ports, _optional_address,
+                                        _workflow_file}
 
 
 @dataclass(frozen=True)
@@ -228,7 +95,7 @@ class Settings:
         "With `COMFYUI_PER_GPU`: the instances' ports in GPU order (comma list); empty = `COMFYUI_PORT`, then "
         "`COMFYUI_PORT`+100, +200, ..., skipping the status and JupyterLab ports.", group="comfyui")
     comfyui_listen: str = var(
-        "COMFYUI_LISTEN", "0.0.0.0", _text, "Address ComfyUI listens on (`--listen`).", group="comfyui")
+        "COMFYUI_LISTEN", "0.0.0.0", _listen, "Address ComfyUI listens on (`--listen`).", group="comfyui")
     comfyui_args: tuple[str, ...] = var(
         "COMFYUI_ARGS", "", _args,
         "Extra ComfyUI flags, appended after the plan's flags (a flag given here wins).", group="comfyui")
@@ -257,7 +124,7 @@ class Settings:
         "READY_MAX_QUEUE", "0", _int(0), "Not ready while more prompts than this are queued; 0 = no limit.",
         group="supervise")
     warmup_workflow: Path | None = var(
-        "WARMUP_WORKFLOW", "", _optional_path,
+        "WARMUP_WORKFLOW", "", _workflow_file,
         "API-format workflow run once after start; ready only after it succeeds.", group="supervise")
     restart_backoff_initial: float = var(
         "RESTART_BACKOFF_INITIAL", "1", _float(0), "First restart delay (s); doubles on each failure.",
@@ -399,6 +266,10 @@ class Settings:
         "JUPYTER_PASSWORD", "", _secret, "Starts JupyterLab on `JUPYTER_PORT` with this token when set.",
         group="services", secret=True)
     jupyter_port: int = var("JUPYTER_PORT", "8888", _int(1, 65535), "JupyterLab's port.", group="services")
+    jupyter_allow_origin: str = var(
+        "JUPYTER_ALLOW_ORIGIN", "", _text,
+        "Origin JupyterLab accepts cross-origin requests from (`*` for any); empty = its own origin only.",
+        group="services")
     update_nodes_on_start: bool = var(
         "UPDATE_NODES_ON_START", "false", parse_bool,
         "`git pull` every custom node while the weights download; ComfyUI waits for it at most 60 s.",
@@ -509,20 +380,39 @@ def catalog_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
     return _paths(environ.get("SUPERVISOR_CATALOG", ""))
 
 
+def read_variable(environ: Mapping[str, str], name: str) -> Any:
+    """One declared variable alone (for commands that need no more), with the same rules and errors as
+    load_settings."""
+    (f,) = [f for f in fields(Settings) if f.metadata.get("env") == name]
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return f.default
+    try:
+        value = f.metadata["parser"](raw)
+    except ValueError as exc:
+        raise ConfigError(Problem(name, f"{raw!r} is not valid: {exc}", f"default is {f.metadata['raw_default']!r}"),
+                          title="invalid environment") from None
+    problems = _cross_checks({f.name: value})
+    if problems:
+        raise ConfigError(problems, title="invalid environment")
+    return value
+
+
 def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) -> Settings:
     """Parse the environment. Raises ConfigError listing every bad variable; warnings go into `Settings.warnings`."""
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     for f in fields(Settings):
         name = f.metadata.get("env")
-        if not name or name not in environ:
-            continue
+        if not name or not environ.get(name, "").strip():
+            continue  # unset or empty (RunPod's blank template fields): the default
         raw = environ[name]
         try:
             values[f.name] = f.metadata["parser"](raw)
         except ValueError as exc:
             shown = "<hidden>" if f.metadata["secret"] else repr(raw)
             problems.append(Problem(name, f"{shown} is not valid: {exc}", f"default is {f.metadata['raw_default']!r}"))
+    problems += _cross_checks(values)
     warnings: list[str] = []
     features: dict[str, FeatureSelection] = {}
     if catalog is not None:
@@ -532,6 +422,7 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
         problems.append(Problem("R2_BUCKET", "ENABLE_R2_SYNC=true needs the bucket to upload the outputs to",
                                 "set R2_BUCKET (and R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY for R2), "
                                 "or ENABLE_R2_SYNC=false"))
+    warnings += misspelt_variables(environ, catalog)
     if problems:
         raise ConfigError(problems, title="invalid environment")
     settings_problems = _port_problems(values)
@@ -549,6 +440,41 @@ def load_settings(environ: Mapping[str, str], catalog: "Catalog | None" = None) 
             warnings.append(f"SERVERLESS=true: {' and '.join(off)} ignored; a serverless worker runs no sshd or "
                             "JupyterLab (jobs come through the RunPod queue)")
     return Settings(**values, features=features, warnings=tuple(warnings))
+
+
+def _cross_checks(values: Mapping[str, Any]) -> list[Problem]:
+    """Rules about a parsed value that its parser alone cannot know (the file system, other variables)."""
+    problems: list[Problem] = []
+    host, _ = values.get("status_addr", _address("127.0.0.1:8189"))
+    if not _is_loopback(host) and not values.get("status_public"):
+        problems.append(Problem("STATUS_ADDR", f"{host!r} is not a loopback address: the status endpoint has no "
+                                "authentication and shows the pod's plan, processes and downloads",
+                                "keep it on 127.0.0.1 (the default; `supervisor health` and `docker exec` reach it "
+                                "there), or set STATUS_PUBLIC=true to serve it there anyway, on a network you trust"))
+    models_dir = values.get("models_dir")
+    if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
+        problems.append(Problem("MODELS_DIR", f"{str(models_dir)!r} is not valid: it is a file, not a folder",
+                                "point MODELS_DIR at a folder on the volume (it is created if missing)"))
+    return problems
+
+
+# Variables read outside Settings (the GPU probe reads these itself): never "misspelt".
+OTHER_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_DRIVER_CAPABILITIES")
+
+
+def misspelt_variables(environ: Mapping[str, str], catalog: "Catalog | None") -> list[str]:
+    """Warnings for variables one typo away from one the supervisor reads (STEADYDANCER_VARINT, GPU_MEMORY_MOD):
+    such a value would otherwise be ignored without a word. `ENABLE_*` names are checked by select_features."""
+    known = set(variable_defaults(catalog)) if catalog is not None else {v["env"] for v in declared_variables()}
+    known.update(OTHER_VARIABLES)
+    warnings = []
+    for name in sorted(environ):
+        if name in known or name.startswith("ENABLE_") or len(name) < 5:
+            continue
+        close = sorted(k for k in known if _one_edit(name, k))
+        if close:
+            warnings.append(f"unknown variable {name} is ignored; did you mean {close[0]}?")
+    return warnings
 
 
 def _port_problems(values: Mapping[str, Any]) -> list[Problem]:
@@ -580,7 +506,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
     selections: dict[str, FeatureSelection] = {}
     for feature in catalog.features.values():
         enabled = feature.default_enabled
-        if feature.switch in environ:
+        if environ.get(feature.switch, "").strip():
             try:
                 enabled = parse_bool(environ[feature.switch])
             except ValueError as exc:
@@ -588,7 +514,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
         variant: str | None = None
         choices: tuple[str, ...] = ()
         if feature.variant_env:
-            raw = environ.get(feature.variant_env, feature.variant_default).strip()
+            raw = environ.get(feature.variant_env, "").strip() or feature.variant_default
             try:
                 if feature.multi_choice:
                     choices = feature.parse_choices(raw)
@@ -605,7 +531,7 @@ def select_features(environ: Mapping[str, str], catalog: "Catalog") -> tuple[dic
                 problems.append(Problem(feature.dynamic.env, f"{', '.join(bad)} not valid: expected a comma list of "
                                         "CivitAI model version ids (digits, from the download link)"))
             choices = tuple(dict.fromkeys(i for i in ids if i.isdigit()))
-        selections[feature.name] = FeatureSelection(enabled=enabled, explicit=feature.switch in environ,
+        selections[feature.name] = FeatureSelection(enabled=enabled, explicit=bool(environ.get(feature.switch, "").strip()),
                                                     variant=variant, choices=choices)
     known = {f.switch for f in catalog.features.values()} | {
         v["env"] for v in declared_variables() if v["env"].startswith("ENABLE_")}

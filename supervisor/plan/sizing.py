@@ -107,10 +107,11 @@ class Sizer:
         # The loader reads the whole model through RAM before moving blocks to the GPU.
         ram_need = int(self.c.ram_baseline_gib * GIB) + max(dit_bytes, swapped_bytes + te_bytes)
         if ram_need > self.ram_capacity:
-            problems.append(f"{variant.name} needs {ram_need / GIB:.1f} GiB of RAM (offloaded weights + ComfyUI); "
+            what = "offloaded weights" if shown_swap else "the loader reads the whole model through RAM"
+            problems.append(f"{variant.name} needs {ram_need / GIB:.1f} GiB of RAM ({what} + ComfyUI); "
                             f"{self.ram_capacity / GIB:.1f} GiB usable")
         disk_need = sum(self.files[k].size for k in variant.files if self.files[k].dest not in self.present)
-        if disk_need > self.disk_left:
+        if disk_need and disk_need > self.disk_left:
             problems.append(f"{variant.name} needs {disk_need / GIB:.1f} GiB more disk; "
                             f"{max(self.disk_left, 0) / GIB:.1f} GiB left after the other downloads")
 

@@ -105,7 +105,12 @@ def classify(*, code: int | None, sig: int | None, returncode: int, lines: Itera
                         flag=flag, evidence=evidence)
 
     if killed_for:
-        return info(killed_for, f"killed by the supervisor ({killed_for.replace('_', ' ')})")
+        why = killed_for.replace("_", " ")
+        if sig == signal.SIGKILL:
+            return info(killed_for, f"killed by the supervisor with SIGKILL ({why})")
+        if sig is not None:
+            return info(killed_for, f"ended by {signal_name(sig)} from the supervisor ({why})")
+        return info(killed_for, f"exited with code {code} after the supervisor asked it to stop ({why})")
     if sig is not None and sig in set(forwarded):
         return info(SIGNAL, f"ended by {signal_name(sig)}, forwarded by the supervisor")
     oom_line = _find(tail, _CUDA_OOM)

@@ -101,6 +101,9 @@ def build_launch(plan, settings, catalog, known: set[str] | None, environ: Mappi
     env = child_env(settings, environ, catalog)
     env[SESSION_ENV] = str(session)
     env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the log before a crash, not after
+    # The plan numbers GPUs in PCI order (NVML's) and `--cuda-device` names one that way; CUDA's own default order
+    # is fastest first, which differs exactly when the cards differ, the only case where the flag is used.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     # comfyui_controlnet_aux reads its weights (DWPose, ...) from here: the catalogue puts them under annotators/.
     env.setdefault("AUX_ANNOTATOR_CKPTS_PATH", str(Path(settings.models_dir).absolute() / "annotators"))
     if instance is not None and instance.cuda_visible_devices:
@@ -214,3 +217,54 @@ def _value(args: Sequence[str], flag: str) -> str | None:
         elif arg.startswith(flag + "="):
             value = arg.split("=", 1)[1]
     return value
+
+
+# -- the flag check's cache -------------------------------------------------------------------------------------
+# `main.py --help` imports most of ComfyUI (0.13 s on an H100 pod, more on a slow volume) and says the same thing
+# until the checkout or its Python changes: its answer is kept, keyed by what could change it.
+
+
+def checkout_identity(settings) -> dict[str, object]:
+    """What ComfyUI's flags depend on: the Python, and the files that define the command line (size and mtime;
+    a `git pull` or a new image changes them), plus the checkout's git HEAD when there is one."""
+    root = Path(settings.comfyui_dir)
+    files = {}
+    for rel in ("main.py", "comfy/cli_args.py", ".git/HEAD"):
+        try:
+            stat = (root / rel).stat()
+            files[rel] = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            files[rel] = None
+    try:
+        head = (root / ".git" / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            head = (root / ".git" / head[5:]).read_text().strip()
+    except OSError:
+        head = ""
+    return {"comfyui_dir": str(root.resolve()), "python": settings.python, "files": files, "head": head}
+
+
+def cached_flags(settings) -> set[str] | None:
+    import json
+
+    try:
+        data = json.loads((state_dir(settings) / "comfyui-flags.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("identity") != checkout_identity(settings) or not isinstance(data.get("flags"), list):
+        return None
+    return set(data["flags"])
+
+
+def store_flags(settings, flags: set[str]) -> None:
+    import json
+    import os
+
+    path = state_dir(settings) / "comfyui-flags.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"identity": checkout_identity(settings), "flags": sorted(flags)}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache: the next start asks --help again

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import structlog
 
+from .. import logs
 from ..plan.context import Context
 from ..plan.instances import pod_files
 from . import activity, exits, workers
@@ -347,7 +348,8 @@ class Supervisor:
         text = [str(p) for p in problems]
         self.gave_up = {"reason": "ComfyUI cannot be launched", "problems": text, "code": 2}
         log.error("comfyui.bad_command", problems=text, message="ComfyUI is not started; restarting cannot help")
-        print("ComfyUI cannot be launched:\n" + "\n".join(f"  - {t}" for t in text), file=sys.stderr, flush=True)
+        if logs.human_output():  # with JSON lines, the event above is the whole story
+            print("ComfyUI cannot be launched:\n" + "\n".join(f"  - {t}" for t in text), file=sys.stderr, flush=True)
         self.shutdown.final_code = 2
         self.shutdown.begin(signal.SIGTERM, why="bad ComfyUI command line", gave_up=True)
 
@@ -366,7 +368,9 @@ def _progress_text(fetch: Mapping[str, Any]) -> str:
     if not total.get("size"):
         return ""
     eta = f", about {total['eta_s']:.0f} s left" if total.get("eta_s") is not None else ""
-    return f": {total.get('bytes', 0) / 1e9:.1f} of {total['size'] / 1e9:.1f} GB ({total.get('percent', 0)}%){eta}"
+    from ..plan.hardware import format_size  # binary units with enough digits: never "0.0 of 0.0 GB (13.5%)"
+
+    return f": {format_size(total.get('bytes', 0))} of {format_size(total['size'])} ({total.get('percent', 0)}%){eta}"
 
 
 def _since_process_start() -> float | None:

@@ -26,7 +26,7 @@ ROTATE_BYTES = 10 * 1024 * 1024
 ROTATE_BACKUPS = 3
 PROGRESS_EVERY = 1.0
 
-_ERRORISH = re.compile(r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception)\b.*:|!!! |ERROR\b|error:)"
+_ERRORISH = re.compile(r"^(Traceback \(most recent call last\)|[\w.]*(Error|Exception)\b.*:|!!! |ERROR\b|error:|fatal:)"
                        r"|\bERROR\b|^Failed to |IMPORT FAILED")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes of node packs' loggers: noise in JSON and log files
 _log = structlog.get_logger("output")  # lazy: uses the configuration at each call

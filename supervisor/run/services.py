@@ -6,12 +6,15 @@ can stop ComfyUI from starting: a missing program is a warning, a crash a restar
 
 Secrets: JupyterLab gets its token through the JUPYTER_TOKEN environment variable (read by jupyter_server),
 never on its command line; side services get the same environment as ComfyUI otherwise (credentials removed
-unless COMFYUI_PASS_SECRETS=true).
+unless COMFYUI_PASS_SECRETS=true). SSH sessions get the container's environment from a profile script, always
+without credentials; sshd accepts keys only (no passwords).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +31,13 @@ BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0
 NODE_UPDATE_DEADLINE = 60.0  # ComfyUI waits at most this long for `git pull` of the custom nodes
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+SSH_DIR = Path("/etc/ssh")  # where sshd's host keys are
+# Sourced by every login shell (an SSH session): the container's environment, which sshd does not pass on.
+PROFILE_SCRIPT = Path("/etc/profile.d/comfyui-pod-env.sh")
+# Per-shell or per-session variables that must not be frozen into the profile script.
+SESSION_VARIABLES = {"HOME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "HOSTNAME", "USER", "LOGNAME", "SHELL",
+                     "MAIL", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -109,7 +119,28 @@ def install_public_key(key: str, home: Path) -> Path:
     return keys
 
 
-def sshd(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Service | None:
+def write_session_profile(session_env: Mapping[str, str], python: str, path: Path | None = None) -> Path:
+    """The container's environment (no credentials: `session_env` has them removed) as `export` lines for login
+    shells, with ComfyUI's Python first on PATH, the way RunPod images pass theirs to SSH sessions."""
+    path = path or PROFILE_SCRIPT
+    lines = ["# Written by comfyui-pod-supervisor at each start: the container's environment for SSH sessions",
+             "# (credentials such as HF_TOKEN are left out on purpose)."]
+    for name in sorted(session_env):
+        if name in SESSION_VARIABLES or not _NAME.fullmatch(name):
+            continue
+        lines.append(f"export {name}={shlex.quote(session_env[name])}")
+    bin_dir = str(Path(python).parent)
+    lines.append(f'case ":$PATH:" in *":{bin_dir}:"*) ;; *) export PATH={shlex.quote(bin_dir)}:"$PATH" ;; esac')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def sshd(settings, environ: Mapping[str, str], env: Mapping[str, str],
+         session_env: Mapping[str, str] | None = None) -> Service | None:
     if not settings.public_key:
         return None
     binary = which("sshd", environ)
@@ -124,10 +155,18 @@ def sshd(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Servic
     except OSError:
         pass
     keygen = which("ssh-keygen", environ)
-    if keygen and not list(Path("/etc/ssh").glob("ssh_host_*_key")):
+    if keygen and not list(SSH_DIR.glob("ssh_host_*_key")):
         pre.append((keygen, "-A"))  # host keys, once per container
-    # -D: stay in the foreground (a child we supervise); -e: log to stderr (which we read).
-    return Service(name="sshd", argv=(binary, "-D", "-e"), env=env, pre=pre)
+    try:
+        profile = write_session_profile(session_env if session_env is not None else env, settings.python)
+        log.info("services.ssh_environment", path=str(profile))
+    except OSError as exc:
+        log.warning("services.ssh_environment_failed", path=str(PROFILE_SCRIPT), error=str(exc),
+                    message="SSH sessions start without the container's variables")
+    # -D: stay in the foreground (a child we supervise); -e: log to stderr (which we read). Keys only: the image
+    # has no passwords to offer, and a password prompt on a public port only invites guessing.
+    argv = (binary, "-D", "-e", "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no")
+    return Service(name="sshd", argv=argv, env=env, pre=pre)
 
 
 def jupyter(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Service | None:
@@ -143,7 +182,9 @@ def jupyter(settings, environ: Mapping[str, str], env: Mapping[str, str]) -> Ser
         root = Path("/")
     env = {**env, "JUPYTER_TOKEN": str(settings.jupyter_password)}
     argv = (binary, "lab", "--ip=0.0.0.0", f"--port={settings.jupyter_port}", "--no-browser", "--allow-root",
-            "--ServerApp.allow_origin=*", f"--ServerApp.root_dir={root}")
+            f"--ServerApp.root_dir={root}")
+    if settings.jupyter_allow_origin:  # cross-origin requests only when asked for (JUPYTER_ALLOW_ORIGIN)
+        argv += (f"--ServerApp.allow_origin={settings.jupyter_allow_origin}",)
     return Service(name="jupyter", argv=argv, env=env)
 
 

@@ -139,7 +139,9 @@ class Shutdown:
         leftovers = self.rt.init.descendants()
         if leftovers and not self.killing:
             if "leftovers" not in self.rt.timers:
-                log.info("supervise.leftovers", pids=leftovers, message="terminating what ComfyUI left behind")
+                log.info("supervise.leftovers", pids=leftovers, names=_names(leftovers),
+                         message="stopping the processes still running after ComfyUI and the services ended "
+                                 "(orphans of any child, SSH sessions, shells of JupyterLab)")
                 self.rt.init.signal_rest(signal.SIGTERM)
                 remaining = max(0.0, self.began + self.settings.shutdown_grace - time.monotonic())
                 self.rt.set_timer("leftovers", remaining, self.kill_everything)
@@ -161,3 +163,16 @@ class Shutdown:
         for child in list(init.children.values()):
             init.signal(child, signal.SIGKILL)
         init.signal_rest(signal.SIGKILL)
+
+
+def _names(pids: list[int]) -> list[str]:
+    """The program names of `pids`, for the log line (a process may be gone already)."""
+    import psutil
+
+    names = []
+    for pid in pids:
+        try:
+            names.append(psutil.Process(pid).name())
+        except psutil.Error:
+            pass
+    return names

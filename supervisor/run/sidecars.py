@@ -14,6 +14,7 @@ import structlog
 from ..plan.context import Context
 from . import launch as comfyui, services
 from .init import Child
+from .output import LogFile
 from .runtime import Runtime
 
 log = structlog.get_logger("supervise")  # lazy: uses the configuration at each call
@@ -26,6 +27,7 @@ class Sidecars:
         self.services: list[services.Service] = []
         self.pulls: dict[Child, Path] = {}
         self.waiting_for_nodes = False
+        self.git_log: LogFile | None = None
 
     def env(self) -> dict[str, str]:
         return comfyui.child_env(self.settings, self.rt.environ, self.ctx.catalog)
@@ -34,6 +36,8 @@ class Sidecars:
 
     def start_services(self) -> None:
         env = self.env()
+        hidden = comfyui.secret_names(self.settings, self.ctx.catalog, self.rt.environ)
+        session_env = {k: v for k, v in self.rt.environ.items() if k not in hidden}  # even with PASS_SECRETS
         makers = (services.sshd, services.jupyter)
         if self.settings.serverless:
             log.info("services.serverless", message="SERVERLESS=true: the RunPod worker takes jobs once the pod is "
@@ -41,7 +45,8 @@ class Sidecars:
             makers = (services.serverless_worker,)
         for make in makers:
             try:
-                service = make(self.settings, self.rt.environ, env)
+                service = (services.sshd(self.settings, self.rt.environ, env, session_env) if make is services.sshd
+                           else make(self.settings, self.rt.environ, env))
             except OSError as exc:
                 log.warning("services.setup_failed", service=make.__name__, error=str(exc))
                 continue
@@ -79,9 +84,10 @@ class Sidecars:
             return False
         env = {**self.env(), "GIT_TERMINAL_PROMPT": "0"}
         log.info("services.node_update_started", repos=[r.name for r in repos])
+        self.git_log = LogFile(Path(self.settings.log_dir) / "git.log")  # one file for every pull (README)
         for repo in repos:
             child, _ = self.rt.spawn_logged(services.git_pull_argv(git, repo), name=f"git:{repo.name}", source="git",
-                                            env=env, repo=repo.name)
+                                            env=env, repo=repo.name, log_file=self.git_log)
             self.pulls[child] = repo
         self.waiting_for_nodes = True
         self.rt.set_timer("node_update", services.NODE_UPDATE_DEADLINE, self.node_update_deadline)
@@ -111,6 +117,8 @@ class Sidecars:
                 "services.node_updated", repo=repo.name, result=result, returncode=child.returncode,
                 last_line=lines[-1] if lines else None)
             if not self.pulls:
+                if self.git_log is not None:
+                    self.git_log.close()
                 self.nodes_done()
             return
         for service in self.services:

@@ -234,14 +234,18 @@ class StatusServer(ThreadingHTTPServer):
         thread.start()
 
 
-def start_server(address: tuple[str, int], status: Status, access: Access | None = None) -> StatusServer | None:
-    """Bind and serve in a daemon thread; a port that cannot be bound is logged, never fatal."""
+def start_server(address: tuple[str, int], status: Status, access: Access | None = None) -> StatusServer:
+    """Bind and serve in a daemon thread. A port that cannot be bound stops the start (ConfigError naming
+    STATUS_ADDR): without it the HEALTHCHECK is blind, and `supervisor health` would ask whoever holds the port."""
     try:
         server = StatusServer(address, status, access)
     except OSError as exc:
-        log.warning("status.unavailable", addr=f"{address[0]}:{address[1]}", error=str(exc),
-                    message="the status endpoint is off; `supervisor health` will report unhealthy")
-        return None
+        from ..errors import ConfigError, Problem
+
+        raise ConfigError(Problem("STATUS_ADDR", f"{address[0]}:{address[1]} cannot be served: {exc.strerror or exc}",
+                                  "another process holds this port (a second supervisor in the container?): stop it, "
+                                  "or set STATUS_ADDR to a free loopback port, the same for `supervisor health`"),
+                          title="the status endpoint cannot start") from None
     server.start()
     host, port = server.server_address[:2]
     log.info("status.listening", addr=f"{host}:{port}")

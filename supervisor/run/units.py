@@ -128,12 +128,19 @@ class Units:
         if self.flags_checked or self.settings.comfyui_command:
             return self.known_flags
         self.flags_checked = True
+        cached = comfyui.cached_flags(self.settings)
+        if cached is not None:  # the same checkout and Python as last time: --help would say the same
+            self.known_flags = cached
+            log.info("comfyui.flags_read", flags=len(cached), seconds=0.0, cached=True)
+            return self.known_flags
         argv, cwd = comfyui.help_argv(self.settings)
         started = time.monotonic()
         code, lines = self.run_helper(argv, cwd, comfyui.child_env(self.settings, self.rt.environ, self.ctx.catalog))
         if code == 0:
             self.known_flags = comfyui.parse_help("\n".join(lines))
-            log.info("comfyui.flags_read", flags=len(self.known_flags), seconds=round(time.monotonic() - started, 3))
+            comfyui.store_flags(self.settings, self.known_flags)
+            log.info("comfyui.flags_read", flags=len(self.known_flags), seconds=round(time.monotonic() - started, 3),
+                     cached=False)
         elif not self.rt.stopping:
             log.warning("comfyui.flags_unchecked", returncode=code, last_lines=lines[-5:],
                         message="`main.py --help` failed, so the flags are not checked before launch")

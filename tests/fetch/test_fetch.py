@@ -2,7 +2,6 @@
 offline, disk check."""
 
 import os
-import time
 
 import pytest
 
@@ -41,18 +40,18 @@ def test_files_land_whole_with_markers_and_nothing_else_left_behind(hub, models,
     assert {"fetch.resolve", "fetch.start", "fetch.done", "fetch.summary"} <= names
 
 
-def test_warm_boot_makes_no_request_and_takes_milliseconds(hub, models):
+def test_warm_boot_makes_no_request_and_hashes_nothing(hub, models, events):
     for i in range(20):
         hub.add_file("org/repo", f"f{i}.bin", payload(150_000, seed=i))
     plan = make_plan(*(hub_file("org/repo", f"f{i}.bin", f"loras/f{i}.bin", 150_000) for i in range(20)))
     settings = make_settings(hub, models)
     assert fetch_plan(plan, settings, tuning=FAST).ok
     hub.reset_log()
-    started = time.perf_counter()
+    hashed = len([e for e in events.all("fetch.verified") if e["how"] != "marker"])
     report = fetch_plan(plan, settings, tuning=FAST)
-    elapsed = time.perf_counter() - started
     assert hub.log == [] and len(report.verified) == 20 and report.downloaded == []
-    assert elapsed < 0.3, elapsed
+    # Markers only: no hashing (the milliseconds are measured by bench/download.py's warm boot).
+    assert len([e for e in events.all("fetch.verified") if e["how"] != "marker"]) == hashed
 
 
 def test_token_goes_to_the_hub_only_never_to_the_cdn(hub, models, events):
@@ -202,7 +201,7 @@ def test_dry_run_lists_exact_sizes_and_downloads_nothing(hub, models):
     assert report.dry_run and report.bytes_planned == 400_000 and gets(hub) == []
     assert not (models / "loras").exists()
     text = render_dry_run(report)
-    assert "loras/a.bin" in text and "total: 400.00 kB" in text
+    assert "loras/a.bin" in text and "total: 390.6 KiB" in text
 
 
 def test_offline_succeeds_when_all_is_present_and_lists_what_is_missing_otherwise(hub, models):
@@ -216,7 +215,7 @@ def test_offline_succeeds_when_all_is_present_and_lists_what_is_missing_otherwis
                         hub_file("org/repo", "b.bin", "loras/b.bin", 9_000_000_000))
     with pytest.raises(FetchError) as caught:
         fetch_plan(missing, offline, tuning=FAST)
-    assert "loras/b.bin" in str(caught.value) and "9.00 GB" in str(caught.value)
+    assert "loras/b.bin" in str(caught.value) and "8.38 GiB" in str(caught.value)
     assert "HF_HUB_OFFLINE" in str(caught.value) and caught.value.report.failed.keys() == {"loras/b.bin"}
     assert hub.log == []
 
@@ -272,4 +271,4 @@ def test_dry_run_still_lists_what_it_could_not_resolve(hub, models):
     report = fetch_plan(plan, make_settings(hub, models), dry_run=True, tuning=FAST)
     assert report.bytes_planned == 250_000 + 7_000_000 and "loras/b.bin" in report.failed
     text = render_dry_run(report)
-    assert "7.00 MB (est.)" in text and "problem: loras/b.bin: repository org/nothere not found" in text
+    assert "6.7 MiB (est.)" in text and "problem: loras/b.bin: repository org/nothere not found" in text

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,11 +91,21 @@ def test_sigkill_mid_download_resumes_from_its_bytes(hub, models, big):
 
 def test_two_processes_download_a_file_once(hub, models, big):
     data, catalog = big
-    hub.rate = 4 * MB
-    first = start(hub, models, catalog)
-    assert wait_for(lambda: hub.bytes_sent() > 0)
-    second = start(hub, models, catalog)
-    (code1, _, err1), (code2, _, err2) = finish(first), finish(second)
+    hub.pause()  # the first process holds the lock and waits for bytes until the second one is waiting too
+    first = start(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+    try:
+        assert wait_for(lambda: hub.waiting() > 0), "the first process never asked for the bytes"
+        second = start(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
+        reader.start()
+        assert wait_for(lambda: any('"fetch.waiting"' in line for line in lines)), "the second never waited"
+    finally:
+        hub.resume()
+    (code1, _, err1) = finish(first)
+    second.wait(60)
+    reader.join(10)
+    code2, err2 = second.returncode, "".join(lines)
     assert code1 == 0 and code2 == 0, err1 + err2
     assert sha256((models / DEST).read_bytes()) == sha256(data)
     assert hub.bytes_sent() < 1.2 * len(data), "downloaded twice"
@@ -125,7 +136,7 @@ def test_sigterm_stops_promptly_keeping_the_partial(hub, models, big):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
-    assert code == 128 + signal.SIGTERM and time.monotonic() - sent < 3
+    assert code == 128 + signal.SIGTERM and time.monotonic() - sent < 15  # about a second; slack for a busy CI
     assert events(err, "fetch.interrupted") and record_done(models, DEST) > 2 * MB
     assert not (models / DEST).exists() and not list((models / ".supervisor/locks").rglob("*.lock"))
 
@@ -134,10 +145,10 @@ def test_dry_run_prints_the_list_and_total_and_downloads_nothing(hub, models, bi
     data, catalog = big
     code, out, err = finish(start(hub, models, catalog, "--dry-run"))
     assert code == 0, err
-    assert DEST in out and "total: 24.00 MB to download" in out
+    assert DEST in out and "total: 22.9 MiB to download" in out
     assert hub.requests(origin="cdn") == [] and not (models / "loras").exists()
     code, out, _ = finish(start(hub, models, catalog, DRY_RUN="true"))
-    assert code == 0 and "total: 24.00 MB" in out
+    assert code == 0 and "total: 22.9 MiB" in out
 
 
 def test_the_token_appears_in_no_line_of_output(hub, models, tmp_path):
@@ -175,27 +186,52 @@ def _namespace_prefix() -> list[str]:
     pytest.skip(f"this sandbox allows no tmpfs mount in a private namespace: {probe.stdout.strip()}")
 
 
-def test_a_full_disk_stops_cleanly_and_says_how_much_space_is_missing(hub, models, big):
+def test_a_full_disk_stops_cleanly_and_says_how_much_space_is_missing(hub, models, big, tmp_path):
     data, catalog = big
     prefix = _namespace_prefix()
-    hub.rate = 2 * MB
-    env = subprocess_env(hub, models, catalog)
-    # 30 MB of tmpfs: the 24 MB file fits when fetch checks, then a filler takes 16 MB while it downloads.
+    hub.pause()  # no byte is sent until the filler is in place: the disk fills during the download, never before
+    filled = tmp_path / "filled"
+    env = subprocess_env(hub, models, catalog, DOWNLOAD_STALL_TIMEOUT="60")
+    # 30 MB of tmpfs: the 24 MB file fits when fetch checks; once its .partial exists (the check is behind it), a
+    # filler takes 16 MB, and only then does the Hub send the bytes.
     script = (f'mount -t tmpfs -o size=30m tmpfs "{models}" || exit 97\n'
-              f'(sleep 1; head -c 16000000 /dev/zero > "{models}/filler") &\n'
+              f'(until [ -e "{models}/loras/big.safetensors.partial" ]; do sleep 0.02; done; '
+              f'head -c 16000000 /dev/zero > "{models}/filler"; touch "{filled}") &\n'
               f'{sys.executable} -m supervisor fetch; rc=$?\n'
               f'ls -a "{models}/loras"; wait; exit $rc\n')
-    proc = subprocess.run([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 1, proc.stderr
-    assert "disk full" in proc.stderr and "free at least" in proc.stderr and "bytes" in proc.stderr
-    assert "big.safetensors.partial" in proc.stdout and "\nbig.safetensors\n" not in proc.stdout
-    assert not events(proc.stderr, "fetch.done") and events(proc.stderr, "fetch.summary")[0]["ok"] is False
+    proc = subprocess.Popen([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: filled.exists() or proc.poll() is not None, timeout=60)
+    finally:
+        hub.resume()
+    out, err = proc.communicate(timeout=60)
+    assert filled.exists(), err
+    assert proc.returncode == 1, err
+    assert "disk full" in err and "free at least" in err and "bytes" in err
+    assert "big.safetensors.partial" in out and "\nbig.safetensors\n" not in out
+    assert not events(err, "fetch.done") and events(err, "fetch.summary")[0]["ok"] is False
     assert not (models / "loras").exists(), "the tmpfs was private to the child"
 
 
 def test_offline_cli_lists_what_is_missing(hub, models, big):
     data, catalog = big
     code, out, err = finish(start(hub, models, catalog, HF_HUB_OFFLINE="1"))
-    assert code == 1 and DEST in err and "HF_HUB_OFFLINE" in err and "24.00 MB" in err
+    assert code == 1 and DEST in err and "HF_HUB_OFFLINE" in err and "22.9 MiB" in err
     assert hub.log == []
+
+
+def test_a_read_only_models_dir_is_an_error_naming_models_dir(hub, models, big):
+    data, catalog = big
+    prefix = _namespace_prefix()
+    env = subprocess_env(hub, models, catalog)
+    script = (f'mount --bind "{models}" "{models}" && mount -o remount,bind,ro "{models}" || exit 97\n'
+              f'exec {sys.executable} -m supervisor fetch\n')
+    proc = subprocess.run([*prefix, "sh", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode == 97:
+        pytest.skip(f"no read-only bind mount here: {proc.stderr.strip()}")
+    assert proc.returncode == 2, proc.stderr
+    (error,) = events(proc.stderr, "error")
+    assert "MODELS_DIR" in error["message"] and "read-only" in error["message"]
+    assert not hub.requests(origin="cdn")

@@ -30,6 +30,11 @@ def test_volume_states_follow_size_mtime_and_the_recorded_source(tmp_path):
     assert volume.present(tmp_path, [a]) == {"loras/a.bin"}
     volume.write_marker(tmp_path, a.dest, volume.file_marker(tmp_path, a.dest, volume.identity(a), sha256="f" * 64))
     assert volume.file_state(tmp_path, a) == volume.VERIFIED
+    stat = (tmp_path / "loras/a.bin").stat()  # same size, another mtime: rewritten in place, no longer vouched for
+    os.utime(tmp_path / "loras/a.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert volume.file_state(tmp_path, a) == volume.UNVERIFIED
+    os.utime(tmp_path / "loras/a.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert volume.file_state(tmp_path, a) == volume.VERIFIED
     moved = Download(key="x", dest=a.dest, kind="file", size=10, repo="org/other", path="a.bin")
     assert volume.file_state(tmp_path, moved) == volume.STALE
     assert volume.present(tmp_path, [moved]) == frozenset()
@@ -40,15 +45,16 @@ def test_volume_states_follow_size_mtime_and_the_recorded_source(tmp_path):
 
 
 def test_present_is_a_stat_per_file(tmp_path):
-    specs = [spec(dest=f"loras/f{i}.bin", size=100) for i in range(500)]
+    # 500 sparse files of 1 GB: reading any of them would take far longer than the test's timeout. (How fast the
+    # check is, is measured by bench/download.py's warm boot.)
+    size = 10**9
+    specs = [spec(dest=f"loras/f{i}.bin", size=size) for i in range(500)]
     (tmp_path / "loras").mkdir()
     for s in specs:
         with open(tmp_path / s.dest, "wb") as handle:
-            handle.truncate(100)
+            handle.truncate(size)
         volume.write_marker(tmp_path, s.dest, volume.file_marker(tmp_path, s.dest, volume.identity(s)))
-    started = time.perf_counter()
     assert len(volume.present(tmp_path, specs)) == 500
-    assert time.perf_counter() - started < 0.5
 
 
 def _foreign_lock(path, host="other-pod", pid=1, started=0.0):
@@ -83,7 +89,7 @@ def test_lock_of_another_pod_is_respected_while_it_beats_and_taken_when_it_stops
     beating.set()  # the other pod dies
     started = time.monotonic()
     assert lock.acquire(threading.Event(), poll=0.02)
-    assert 0.3 < time.monotonic() - started < 2.0
+    assert time.monotonic() - started > 0.3, "taken before its heartbeat went stale"
     lock.release()
 
 
@@ -109,7 +115,9 @@ def test_progress_bar_on_a_terminal():
     progress.state("loras/a.bin", "downloading")
     progress.add("loras/a.bin", 500)
     progress.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while " 50.0%" not in out.getvalue() and time.monotonic() < deadline:
+        threading.Event().wait(0.01)  # the bar redraws on its own thread: wait for the half-way frame
     progress.add("loras/a.bin", 500)
     progress.state("loras/a.bin", "done")
     final = progress.stop()
@@ -145,8 +153,6 @@ def test_download_timeout_stops_a_file_and_keeps_its_partial(hub, models):
     hub.rate = 100_000
     hub.add_file("org/repo", "slow.bin", payload(1_000_000))
     plan = make_plan(hub_file("org/repo", "slow.bin", "loras/slow.bin", 1_000_000))
-    started = time.monotonic()
     report = fetch_plan(plan, make_settings(hub, models, DOWNLOAD_TIMEOUT="1"), tuning=FAST)
-    assert time.monotonic() - started < 4
     assert "DOWNLOAD_TIMEOUT=1" in report.failed["loras/slow.bin"]
     assert (models / "loras/slow.bin.partial").exists() and not (models / "loras/slow.bin").exists()

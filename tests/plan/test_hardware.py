@@ -191,3 +191,28 @@ def test_isolated_probe_reports_like_the_in_process_one():
     direct: list[str] = []
     assert hw.probe_gpus_isolated(isolated) == hw.probe_gpus(None, direct)
     assert isolated == direct
+
+
+def test_an_ambiguous_uuid_prefix_selects_nothing_as_in_cuda():
+    # CUDA refuses a UUID prefix that matches two GPUs (and stops there); so does the probe.
+    gpus = [hw.Gpu(index=i, name="H200", uuid=f"GPU-abc{i}0000-1111", total=2**37, free=2**37, reserved=0,
+                   compute_capability=(9, 0), pci_bus_id=f"0000:{i:02x}") for i in range(2)]
+    warnings: list[str] = []
+    assert hw.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc"}, warnings) == []
+    assert any("'GPU-abc' matches no GPU" in w for w in warnings)
+    chosen = hw.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc1,GPU-abc"}, [])
+    assert [(g.index, g.cuda_index) for g in chosen] == [(1, 0)]
+
+
+def test_the_summary_says_when_nvml_could_not_be_read(tmp_path):
+    nvml = FakeNvml(None, init_error=NVMLError("Driver Not Loaded"))
+    summary = hw.probe(tmp_path, {}, nvml=nvml).summary()
+    assert summary.endswith("[no NVML]") and "[nvml]" not in summary
+    ok, _ = probe(tmp_path, "h100-x1.json")
+    assert ok.summary().endswith("[nvml]")
+
+
+def test_a_card_simulated_by_size_is_named_once():
+    base = hw.Hardware(gpus=(), ram_total=2**35, ram_available=2**35, disk_free=10**12, disk_path="/")
+    summary = hw.simulate(base, vram="12GiB").summary()
+    assert summary.startswith("simulated GPU 12.0 GiB (cuda:0);"), summary

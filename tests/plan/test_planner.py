@@ -22,7 +22,7 @@ def machine(name: str | None = None, *, vram: str | None = None, ram=256 * GIB, 
     base = hw.Hardware(gpus=(), ram_total=ram, ram_available=ram, disk_free=disk, disk_path="/workspace")
     if name is None and vram is None:
         return base
-    return hw.simulate(base, gpu=name, vram=vram, count=count)
+    return hw.simulate(base, gpu=name, vram=vram, count=count, ram=f"{ram}B")
 
 
 def recorded(reading: str, environ=None, **resources):
@@ -296,6 +296,48 @@ def test_auto_plan_never_exceeds_the_vram_of_its_own_budget(vram_gib, ram_gib, d
         assert plan.errors
         return
     for budget in plan.vram_budget:
-        assert budget.total_gib <= budget.capacity_gib + 1e-6
+        assert budget.fits, budget  # the exact sum; the printed lines are rounded (VramBudget.fits)
     assert plan.disk.need <= plan.disk.available
     assert plan.ram.need <= plan.ram.available
+
+
+# --- hardening (issue 13) -------------------------------------------------------------------------------------------
+
+def test_a_complete_volume_below_the_disk_reserve_is_a_warning_not_an_error():
+    full = plan_for(recorded("h100-x1.json"))
+    present = frozenset(d.dest for d in full.downloads)
+    nearly_full = recorded("h100-x1.json", disk_free=1 * 10**9)  # below DISK_RESERVE_GB=5
+    plan = plan_for(nearly_full, present)
+    assert plan.runnable, plan.errors
+    assert plan.disk.fits and not plan.missing()
+    assert any("DISK_RESERVE_GB=5" in w and "nothing needs downloading" in w for w in plan.warnings)
+    assert (sd(plan).variant, sd(plan).offload) == ("bf16", FULL)  # the files in place still decide
+    # With something left to download, the reserve is still an error.
+    missing_one = plan_for(nearly_full, present - {full.downloads[0].dest})
+    assert not missing_one.runnable and any(e.startswith("disk:") for e in missing_one.errors)
+
+
+@pytest.mark.parametrize("hardware", [
+    machine("h100", ram=1 * GIB),                 # not enough RAM to load any variant
+    machine("h100", disk=1 * 10**9),              # not enough disk for any variant
+    machine("RTX 3070", ram=8 * GIB),             # an 8 GB card on a small-RAM host
+])
+def test_a_steadydancer_plan_that_cannot_run_downloads_nothing_for_it(hardware):
+    plan = plan_for(hardware)
+    assert sd(plan).offload == SKIPPED and not plan.runnable
+    assert [d.dest for d in plan.downloads] == []  # no text encoder, pose models, VAE, LoRA for it
+    assert "--highvram" not in plan.comfyui_args
+
+
+def test_files_shared_with_a_feature_that_runs_stay_when_steadydancer_cannot_run():
+    plan = plan_for(machine("h100", ram=1 * GIB), WAN_720P="true")
+    assert sd(plan).offload == SKIPPED
+    assert plan.downloads and all(d.features == ("wan_720p",) for d in plan.downloads)
+
+
+def test_the_ram_reason_of_a_resident_variant_does_not_speak_of_offloaded_weights():
+    plan = plan_for(machine("h100", ram=24 * GIB))
+    rejected = [f for f in plan.errors + (sd(plan).reason,) if "bf16 needs" in f and "of RAM" in f]
+    assert rejected, (plan.errors, sd(plan).reason)
+    assert "the loader reads the whole model through RAM" in rejected[0]
+    assert "bf16 needs" in rejected[0] and "offloaded weights" not in rejected[0].split("bf16 needs")[1].split(";")[0]

@@ -102,6 +102,82 @@ def test_declared_variable_defaults_parse():
 
 
 def test_status_addr_parse(catalog):
-    assert load_settings({"STATUS_ADDR": "0.0.0.0:9000"}, catalog).status_addr == ("0.0.0.0", 9000)
+    assert load_settings({"STATUS_ADDR": "127.0.0.1:9000"}, catalog).status_addr == ("127.0.0.1", 9000)
+    assert load_settings({"STATUS_ADDR": "[::1]:9000"}, catalog).status_addr == ("::1", 9000)
+    assert load_settings({"STATUS_ADDR": "localhost:9000"}, catalog).status_addr == ("localhost", 9000)
     with pytest.raises(ConfigError, match="STATUS_ADDR"):
         load_settings({"STATUS_ADDR": "9000"}, catalog)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:8189", "[::]:8189", "10.0.0.5:8189", "pod.example:8189"])
+def test_a_status_addr_off_loopback_is_refused(catalog, addr):
+    # The endpoint has no authentication: README and RUNPOD.md promise loopback only.
+    with pytest.raises(ConfigError) as info:
+        load_settings({"STATUS_ADDR": addr}, catalog)
+    (problem,) = info.value.problems
+    assert problem.where == "STATUS_ADDR" and "loopback" in problem.what and "STATUS_PUBLIC=true" in problem.fix
+    # Said explicitly (Kubernetes probes come from the node): served there.
+    public = load_settings({"STATUS_ADDR": addr, "STATUS_PUBLIC": "true"}, catalog)
+    assert public.status_public and public.status_addr[1] == 8189
+
+
+@pytest.mark.parametrize("variable", ["DISK_RESERVE_GB", "STARTUP_TIMEOUT", "STEADYDANCER_GUIDE_SCALE"])
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(catalog, variable, raw):
+    with pytest.raises(ConfigError) as info:
+        load_settings({variable: raw}, catalog)
+    assert info.value.problems[0].where == variable and "finite" in info.value.problems[0].what
+
+
+@pytest.mark.parametrize("name", ["GPU_MEMORY_MODE", "STEADYDANCER_VARIANT", "ENABLE_STEADYDANCER", "COMFYUI_PORT",
+                                  "MODELS_DIR", "STATUS_ADDR", "DISK_RESERVE_GB", "CONTROLNET_MODELS"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_variable_means_its_default(catalog, name, blank):
+    # RunPod's template form sends a blank field as an empty variable.
+    assert load_settings({name: blank}, catalog) == load_settings({}, catalog)
+
+
+@pytest.mark.parametrize("typo, meant", [("STEADYDANCER_VARINT", "STEADYDANCER_VARIANT"),
+                                         ("GPU_MEMORY_MOD", "GPU_MEMORY_MODE"),
+                                         ("GPU_MEMROY_MODE", "GPU_MEMORY_MODE"),
+                                         ("HF_TOKN", "HF_TOKEN"),
+                                         ("DISK_RESERVE_GBS", "DISK_RESERVE_GB"),
+                                         ("QWEN_EDIT_MODLE", "QWEN_EDIT_MODEL")])
+def test_a_variable_one_typo_from_a_known_one_is_warned(catalog, typo, meant):
+    s = load_settings({typo: "x"}, catalog)
+    assert f"unknown variable {typo} is ignored; did you mean {meant}?" in s.warnings
+
+
+def test_unrelated_variables_are_not_warned(catalog):
+    env = {"PATH": "/bin", "HOME": "/root", "CUDA_VISIBLE_DEVICES": "0", "RUNPOD_POD_ID": "x", "HF_HOME": "/x",
+           "PYTHONPATH": "/x", "NVIDIA_VISIBLE_DEVICES": "all"}
+    assert load_settings(env, catalog).warnings == ()
+
+
+def test_models_dir_that_is_a_file_names_the_variable(catalog, tmp_path):
+    afile = tmp_path / "models"
+    afile.write_text("not a folder")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MODELS_DIR": str(afile)}, catalog)
+    (problem,) = info.value.problems
+    assert problem.where == "MODELS_DIR" and "is a file" in problem.what and problem.fix
+
+
+def test_warmup_workflow_must_exist_when_configured(catalog, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WARMUP_WORKFLOW": str(tmp_path / "missing.json")}, catalog)
+    assert info.value.problems[0].where == "WARMUP_WORKFLOW" and "does not exist" in info.value.problems[0].what
+    present = tmp_path / "warm.json"
+    present.write_text("{}")
+    assert load_settings({"WARMUP_WORKFLOW": str(present)}, catalog).warmup_workflow == present
+
+
+@pytest.mark.parametrize("value, ok", [("0.0.0.0", True), ("127.0.0.1", True), ("::", True), ("0.0.0.0,::", True),
+                                       ("localhost", True), ("comfy-host", True), ("not an ip", False),
+                                       ("300.1.2.3:8188", False), ("http://0.0.0.0", False)])
+def test_comfyui_listen_is_checked_at_configuration_time(catalog, value, ok):
+    if ok:
+        assert load_settings({"COMFYUI_LISTEN": value}, catalog).comfyui_listen == value
+    else:
+        with pytest.raises(ConfigError, match="COMFYUI_LISTEN"):
+            load_settings({"COMFYUI_LISTEN": value}, catalog)

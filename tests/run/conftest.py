@@ -324,7 +324,8 @@ def present_plan_files(pod: Pod, *hardware_args: str) -> list[str]:
     for name in ("--gpu", "--vram", "--ram", "--disk"):
         parser.add_argument(name)
     args = parser.parse_args(list(hardware_args))
-    ctx = load_context(pod.env, HardwareOptions(gpu=args.gpu, vram=args.vram, ram=args.ram, disk=args.disk))
+    # The files are sparse: plan as if the disk had room for them, whatever this machine has free.
+    ctx = load_context(pod.env, HardwareOptions(gpu=args.gpu, vram=args.vram, ram=args.ram, disk=args.disk or "2000GB"))
     plan = ctx.plan()
     downloads = {d.dest: d for d in plan.downloads}
     for model in plan.models:

@@ -53,6 +53,7 @@ def test_the_command_line_of_a_plan(tmp_path, known):
     assert comfyui.check_flags(argv[2:], known, ctx.settings.comfyui_args) == []
     assert "HF_TOKEN" not in launch.env and TOKEN not in " ".join(argv)
     assert launch.env["__COMFY_CLI_SESSION__"].startswith(str(tmp_path / "data"))
+    assert launch.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # the order the plan's --cuda-device counts in
     # comfyui_controlnet_aux opens <this>/yzd-v/DWPose/<file>: where the catalogue puts ENABLE_DWPOSE's files.
     assert launch.env["AUX_ANNOTATOR_CKPTS_PATH"] == str(tmp_path / "models" / "annotators")
     dwpose = tmp_path / "models" / ctx.catalog.files["dwpose_pose"].dest

@@ -36,6 +36,7 @@ def c(code=None, sig=None, lines=(), **kw):
     (["OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8190): address already in use"],
      1, None, exits.PORT_IN_USE),
     (["sh: 1: exec: /opt/venv/bin/python: not found"], 127, None, exits.EXEC_FAILED),
+    (["sh: 1: /opt/launch.sh: Permission denied"], 126, None, exits.EXEC_FAILED),  # not executable
     ([*TRACEBACK, "ModuleNotFoundError: No module named 'requests'"], 1, None, exits.CRASH),
     ([], None, signal.SIGSEGV, exits.CRASH),
     (["Stopped server"], 0, None, exits.STOPPED),
@@ -57,6 +58,10 @@ def test_what_the_supervisor_did_wins():
     assert c(None, signal.SIGTERM, [CUDA_OOM], killed_for=exits.STEP_DOWN).klass == exits.STEP_DOWN
     assert c(None, signal.SIGHUP, [CUDA_OOM], forwarded={signal.SIGHUP}).klass == exits.SIGNAL
     assert c(0, None, ["Restarting..."], reboot_requested=True).klass == exits.REBOOT
+    # A leftover reboot marker does not turn a crash into a free restart.
+    crashed = c(1, None, [*TRACEBACK, "RuntimeError: boom"], reboot_requested=True)
+    assert crashed.klass == exits.CRASH
+    assert policy().decide(crashed, 0).failure
     oom_killed = c(None, signal.SIGKILL, oom_kills=1)
     assert oom_killed.klass == exits.OOM and oom_killed.evidence == ("cgroup oom_kill counter +1",)
 
@@ -107,3 +112,13 @@ def test_fatal_and_free_classes():
         d = p.decide(crash(klass=klass), 0)
         assert d.restart and d.delay == 0 and not d.failure
     assert p.failures(0) == 0
+
+
+def test_what_the_supervisor_did_is_told_as_it_happened():
+    # A graceful stop (exit 0 after the SIGINT we forwarded) is no kill; the grace running out is.
+    graceful = c(0, None, ["Stopped server"], killed_for=exits.SHUTDOWN)
+    assert graceful.klass == exits.SHUTDOWN and "killed" not in graceful.message
+    assert graceful.message == "exited with code 0 after the supervisor asked it to stop (shutdown)"
+    assert c(None, signal.SIGKILL, killed_for=exits.SHUTDOWN).message == \
+        "killed by the supervisor with SIGKILL (shutdown)"
+    assert c(None, signal.SIGTERM, killed_for=exits.HANG).message == "ended by SIGTERM from the supervisor (hang)"

@@ -113,7 +113,9 @@ def test_leftovers_that_left_the_group_are_stopped_on_shutdown(pod, supervisor, 
     run.send(signal.SIGTERM)
     assert run.wait() == 143
     pod.wait_record("signal", signal="SIGTERM", who="escapee", timeout=5)
-    run.wait_for("supervise.leftovers")
+    leftovers = run.wait_for("supervise.leftovers")
+    assert "ComfyUI left behind" not in leftovers["message"]  # they may be SSH sessions: say what they are
+    assert leftovers["names"] and len(leftovers["names"]) == len(leftovers["pids"])
 
 
 def test_exit_codes_pass_through(pod, supervisor):

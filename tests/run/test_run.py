@@ -23,7 +23,8 @@ def get(url: str) -> httpx.Response:
 
 
 def test_launch_ready_status_health_and_clean_stop(pod, supervisor):
-    pod.env.update(HF_TOKEN=TOKEN, CIVITAI_API_KEY="civitai-secret-key-42", COMFYUI_ARGS="--disable-metadata")
+    pod.env.update(HF_TOKEN=TOKEN, CIVITAI_API_KEY="civitai-secret-key-42", COMFYUI_ARGS="--disable-metadata",
+                   SHUTDOWN_GRACE="30")
     run = supervisor(pod)
     ready = run.wait_for("supervise.ready")
     # One event with the time of each phase.
@@ -70,7 +71,7 @@ def test_launch_ready_status_health_and_clean_stop(pod, supervisor):
     started = time.monotonic()
     run.send(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGTERM  # ComfyUI died of the forwarded SIGTERM
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10  # at once, not after SHUTDOWN_GRACE=30; bench/supervise.py times it
     exited = run.wait_for("comfyui.exited")
     assert exited["class"] == "shutdown"
     assert TOKEN not in "".join(run.raw) + "".join(run.stderr)
@@ -129,7 +130,11 @@ def test_unknown_flag_is_rejected_before_launch_naming_it(pod, supervisor):
     text = " ".join(bad["problems"])
     assert "--medvram" in text and "--cpu-text-encoder" in text and "COMFYUI_ARGS" in text
     assert "--lowvram" not in text.replace("did you mean --lowvram", "")
-    assert "ComfyUI does not accept --medvram" in "".join(run.stderr)
+    # LOG_FORMAT=json: the event is the whole story, every line is JSON (a person's block only with console logs).
+    assert all(line.startswith("{") for line in run.raw + run.stderr)
+    console = supervisor(pod, env={"LOG_FORMAT": "console"})
+    assert console.wait() == 2
+    assert "ComfyUI does not accept --medvram" in "".join(console.stderr)
 
 
 def test_sigterm_ignored_gets_sigkill_after_the_grace(pod, supervisor):
@@ -139,8 +144,7 @@ def test_sigterm_ignored_gets_sigkill_after_the_grace(pod, supervisor):
     started = time.monotonic()
     run.send(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGKILL
-    took = time.monotonic() - started
-    assert 0.6 <= took < 2.5
+    assert time.monotonic() - started >= 0.6  # not before the grace (how soon after it: bench/supervise.py)
     run.wait_for("supervise.grace_expired")
 
 
@@ -153,7 +157,7 @@ def test_a_second_sigterm_kills_at_once(pod, supervisor):
     started = time.monotonic()
     run.send(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGKILL
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # long before SHUTDOWN_GRACE=30
     run.wait_for("supervise.kill_now")
 
 
@@ -279,8 +283,12 @@ def test_failed_warmup_keeps_the_pod_not_ready(pod, supervisor, tmp_path):
     run = supervisor(pod)
     failed = run.wait_for("supervise.warmup_failed")
     assert "CUDA out of memory" in failed["error"]
-    time.sleep(0.3)
-    body = get(f"{pod.status_url}/readyz").json()
+    deadline = time.monotonic() + 10
+    while True:  # the loop publishes the reason at its next tick
+        body = get(f"{pod.status_url}/readyz").json()
+        if any("warmup failed" in r for r in body["not_ready"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert body["ready"] is False and "warmup failed" in body["not_ready"][0]
     assert run.named("comfyui.exited") == []  # an OOM inside a prompt is not a restart case
     run.send(signal.SIGTERM)
@@ -293,7 +301,10 @@ def test_drain_lets_the_running_prompt_finish(pod, supervisor):
     run.wait_for("supervise.ready")
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
     httpx.post(f"{pod.comfy_url}/prompt", json={"prompt": prompt}, timeout=5, trust_env=False)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not get(f"{pod.comfy_url}/queue").json()["queue_running"]:  # the prompt is running now
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     run.send(signal.SIGTERM)
     run.wait_for("supervise.draining")
     assert run.wait() == 143
@@ -305,7 +316,7 @@ def test_drain_lets_the_running_prompt_finish(pod, supervisor):
 
 def test_dry_run_launches_comfyui_but_is_not_ready(pod, supervisor):
     pod.env.update(DRY_RUN="true", HF_HUB_OFFLINE="true")
-    run = supervisor(pod, "--gpu", "RTX 4090", "--ram", "64GiB")
+    run = supervisor(pod, "--gpu", "RTX 4090", "--ram", "64GiB", "--disk", "500GB")
     run.wait_for("comfyui.answering")
     deadline = time.monotonic() + 10
     while True:
@@ -332,7 +343,7 @@ def test_stop_during_backoff_is_immediate(pod, supervisor):
     started = time.monotonic()
     run.send(signal.SIGTERM)
     assert run.wait() == 143
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10  # not the 30 s backoff
     assert len(run.named("comfyui.spawned")) == 1
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,11 +80,27 @@ def _fakes(pod, tmp_path):
     yield records
 
 
-def test_sshd_and_jupyter_are_started_supervised_and_logged(pod, supervisor, fakes):
+def ssh_paths(tmp_path: Path, with_host_keys: bool) -> tuple[str, Path]:
+    """A patch that points the supervisor at a host-key folder and a profile script of the test's own."""
+    ssh_dir = tmp_path / "etc-ssh"
+    ssh_dir.mkdir()
+    if with_host_keys:
+        (ssh_dir / "ssh_host_ed25519_key").write_text("stand-in key")
+    profile = tmp_path / "profile.d" / "comfyui-pod-env.sh"
+    patch = (f"import supervisor.run.services as s; from pathlib import Path; s.SSH_DIR = Path({str(ssh_dir)!r}); "
+             f"s.PROFILE_SCRIPT = Path({str(profile)!r})")
+    return patch, profile
+
+
+KEYS_ONLY = ["-D", "-e", "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no"]
+
+
+def test_sshd_and_jupyter_are_started_supervised_and_logged(pod, supervisor, fakes, tmp_path):
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStandInKey test@pod"
     pod.env.update(PUBLIC_KEY=key, JUPYTER_PASSWORD=PASSWORD, JUPYTER_PORT="8899",
                    HF_TOKEN="hf_NotForJupyter0123456789abc")
-    run = supervisor(pod)
+    patch, _ = ssh_paths(tmp_path, with_host_keys=False)
+    run = supervisor(pod, patch=patch)
     run.wait_for("supervise.ready")
 
     authorized = Path(pod.env["HOME"]) / ".ssh" / "authorized_keys"
@@ -96,16 +113,17 @@ def test_sshd_and_jupyter_are_started_supervised_and_logged(pod, supervisor, fak
     line = run.wait_for("sshd.log", where=lambda e: "Server listening" in e["line"])
     assert line["source"] == "sshd"
     started = fakes("sshd")
-    assert len(started) == 2 and started[-1]["argv"] == ["-D", "-e"]
-    if fakes("ssh-keygen"):
-        assert fakes("ssh-keygen")[0]["argv"] == ["-A"]
-        assert fakes("ssh-keygen")[0]["t"] < started[0]["t"]
+    assert len(started) == 2 and started[-1]["argv"] == KEYS_ONLY  # keys only: no password prompt
+    # No host keys yet: generated once, before sshd starts.
+    (keygen,) = fakes("ssh-keygen")
+    assert keygen["argv"] == ["-A"] and keygen["t"] < started[0]["t"]
 
     # JupyterLab gets its token from the environment, never on its command line, and never in the logs.
     (jupyter,) = fakes("jupyter")
     assert jupyter["token"] == PASSWORD and jupyter["hf"] is None
     assert PASSWORD not in " ".join(jupyter["argv"])
     assert "--port=8899" in jupyter["argv"] and jupyter["argv"][0] == "lab"
+    assert not any("allow_origin" in a for a in jupyter["argv"])  # same origin only, unless asked
     logged = run.wait_for("jupyter.log", where=lambda e: "Jupyter Server is running" in e["line"])
     assert PASSWORD not in logged["line"] and "token=***" in logged["line"]
     assert PASSWORD not in (pod.root / "logs" / "jupyter.log").read_text()
@@ -119,15 +137,51 @@ def test_sshd_and_jupyter_are_started_supervised_and_logged(pod, supervisor, fak
     assert PASSWORD not in "".join(run.raw)
 
 
+def test_existing_host_keys_are_kept_and_jupyter_origins_only_when_asked(pod, supervisor, fakes, tmp_path):
+    pod.env.update(PUBLIC_KEY="ssh-ed25519 AAAA test", JUPYTER_PASSWORD=PASSWORD,
+                   JUPYTER_ALLOW_ORIGIN="https://notebooks.example")
+    patch, _ = ssh_paths(tmp_path, with_host_keys=True)
+    run = supervisor(pod, patch=patch)
+    run.wait_for("sshd.log", where=lambda e: "fatal: stand-in sshd crashes once" in e["line"])
+    run.wait_for("supervise.ready")
+    assert fakes("ssh-keygen") == []  # the container's host keys stay
+    assert fakes("sshd")[0]["argv"] == KEYS_ONLY
+    (jupyter,) = fakes("jupyter")
+    assert "--ServerApp.allow_origin=https://notebooks.example" in jupyter["argv"]
+    run.send(signal.SIGTERM)
+    assert run.wait() == 143
+
+
+def test_ssh_sessions_get_the_containers_environment_without_secrets(pod, supervisor, fakes, tmp_path):
+    secret = "hf_SessionSecret0123456789abcdef"
+    pod.env.update(PUBLIC_KEY="ssh-ed25519 AAAA test", HF_TOKEN=secret, COMFYUI_PASS_SECRETS="true",
+                   MY_SETTING="it's a value with 'quotes' and $dollars")
+    patch, profile = ssh_paths(tmp_path, with_host_keys=True)
+    run = supervisor(pod, patch=patch)
+    run.wait_for("services.ssh_environment")
+    run.wait_for("supervise.ready")
+    text = profile.read_text()
+    assert secret not in text and "export HF_TOKEN" not in text  # even with COMFYUI_PASS_SECRETS=true
+    assert oct(profile.stat().st_mode & 0o777) == "0o644"
+    # What a login shell gets from it: the pod's variables, and ComfyUI's Python first on PATH.
+    shell = subprocess.run(["sh", "-c", f'PATH=/usr/bin:/bin; . "{profile}"; echo "$COMFYUI_PORT|$MY_SETTING|$PATH"'],
+                           capture_output=True, text=True, check=True, env={})
+    port, value, path = shell.stdout.rstrip("\n").split("|")
+    assert port == pod.env["COMFYUI_PORT"] and value == pod.env["MY_SETTING"]
+    assert path.split(":")[0] == str(Path(pod.env.get("COMFYUI_PYTHON", sys.executable)).parent)
+    run.send(signal.SIGTERM)
+    assert run.wait() == 143
+
+
 def test_missing_programs_only_warn(pod, supervisor, tmp_path):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     pod.env.update(PUBLIC_KEY="ssh-ed25519 AAAA test", JUPYTER_PASSWORD=PASSWORD, PATH=str(empty))
     pod.env["COMFYUI_PYTHON"] = sys.executable
-    run = supervisor(pod)
+    # No sbin fallback either: sshd is missing here whether or not this machine has one in /usr/sbin.
+    run = supervisor(pod, patch="import supervisor.run.services as s; s.SBIN = ()")
     run.wait_for("supervise.ready")
-    if not Path("/usr/sbin/sshd").exists():
-        run.wait_for("services.sshd_missing")
+    run.wait_for("services.sshd_missing")
     run.wait_for("services.jupyter_missing")
     run.send(signal.SIGTERM)
     assert run.wait() == 143
@@ -147,7 +201,10 @@ def test_custom_nodes_are_pulled_before_comfyui_starts(pod, supervisor, fakes):
     assert results == {"same": "unchanged", "changed": "updated", "broken": "failed"}
     (start,) = pod.records("start")
     assert start["t"] > max(p["t"] for p in pulls) + 0.25  # ComfyUI started after the pulls finished
-    assert any("unable to access" in e["line"] for e in run.named("git.log"))
+    failed = [e for e in run.named("git.log") if "unable to access" in e["line"]]
+    assert failed and failed[0]["level"] == "warning"  # git's fatal: lines are problems, not information
+    git_log = (pod.root / "logs" / "git.log").read_text()  # README promises LOG_DIR/git.log
+    assert "fatal: unable to access" in git_log and "Already up to date." in git_log
     run.send(signal.SIGTERM)
     run.wait()
 
@@ -161,6 +218,6 @@ def test_a_hanging_pull_does_not_hold_comfyui_forever(pod, supervisor, fakes):
     run = supervisor(pod, patch="import supervisor.run.services as s; s.NODE_UPDATE_DEADLINE = 0.5")
     run.wait_for("services.node_update_timeout", timeout=10)
     run.wait_for("supervise.ready")
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 30  # the pull sleeps 60 s: ComfyUI did not wait for it
     run.send(signal.SIGTERM)
     assert run.wait() == 143

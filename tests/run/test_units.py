@@ -117,16 +117,6 @@ def test_status_endpoint_and_health_command(events):
     assert health(args, {}) == 1
 
 
-def test_status_port_taken_is_only_a_warning(events):
-    import socket
-
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        assert start_server(holder.getsockname(), Status()) is None
-    assert any(e["event"] == "status.unavailable" for e in events())
-
-
 def test_prewarm_reads_each_file_once_within_the_budget(tmp_path):
     files = []
     for name, size in (("a.bin", 3_000_000), ("b.bin", 1_000_000), ("c.bin", 5_000_000)):

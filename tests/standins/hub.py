@@ -223,7 +223,10 @@ class Hub:
         self._lock = threading.Lock()
         self._meta: dict[tuple[str, int, int], FileMeta] = {}
         self._signatures: dict[str, float] = {}
+        self._held = 0
         self._stop = threading.Event()
+        self._flowing = threading.Event()  # cleared by pause(): file bytes wait until resume()
+        self._flowing.set()
         self._hub = _Server((host, port), self, "hub")
         self._cdn = _Server((host, cdn_port), self, "cdn")
         self.url = f"http://{host}:{self._hub.server_address[1]}"
@@ -254,6 +257,19 @@ class Hub:
         self.stop()
 
     # -- the test-facing API ------------------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Hold every request for a file's bytes (before its answer starts) until `resume()`: lets a test act at a
+        known point of a download, with no timing involved."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def waiting(self) -> int:
+        """How many requests for file bytes `pause()` is holding now."""
+        with self._lock:
+            return self._held
 
     def add_file(self, repo: str, path: str, data: bytes | None = None, *, size: int | None = None) -> Path:
         """Create `<root>/<repo>/<path>` with `data`, or a sparse file of `size` bytes (zeros)."""
@@ -548,6 +564,16 @@ class Hub:
         self._send_file(h, record, key, meta, headers)
 
     def _send_file(self, h: _Handler, record: Request, key: str, meta: FileMeta, headers: dict[str, str]) -> None:
+        if record.method == "GET" and not self._flowing.is_set():
+            with self._lock:
+                self._held += 1
+            try:
+                while not self._flowing.wait(0.05):
+                    if self._stop.is_set():
+                        raise _Abort()
+            finally:
+                with self._lock:
+                    self._held -= 1
         asked = _parse_range(record.range, meta.size) if record.range else (0, meta.size - 1)
         fault = self._take_fault(key, "data", record.method, asked)
         if fault:
