@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from supervisor.plan import hardware as hw  # noqa: E402
-from supervisor.plan.catalog import load_catalog  # noqa: E402
+from supervisor.plan.catalog_load import load_catalog  # noqa: E402
 from supervisor.plan.planner import make_plan  # noqa: E402
-from supervisor.plan.settings import load_settings  # noqa: E402
+from supervisor.plan.environment import load_settings  # noqa: E402
 from supervisor.plan.types import SKIPPED  # noqa: E402
 from supervisor.run.launch import model_folders  # noqa: E402
 from supervisor.workflows import resolve_shipped, workflows_dir  # noqa: E402

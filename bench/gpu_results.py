@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from supervisor.plan import hardware as hw  # noqa: E402
-from supervisor.plan.catalog import load_catalog  # noqa: E402
+from supervisor.plan.catalog_load import load_catalog  # noqa: E402
 from supervisor.plan.planner import make_plan  # noqa: E402
-from supervisor.plan.settings import load_settings  # noqa: E402
+from supervisor.plan.environment import load_settings  # noqa: E402
 from supervisor.plan.sizing import configuration_peak  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -134,7 +134,7 @@ def _probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """The hardware as JSON. Reads only what the probe needs (MODELS_DIR for the disk, the GPU visibility
     variables): an unrelated bad variable is no reason to refuse to describe the machine."""
     from .plan.context import resolve_hardware
-    from .plan.settings import read_variable
+    from .plan.environment import read_variable
 
     models_dir = read_variable(environ, "MODELS_DIR")
     hardware = resolve_hardware(models_dir, _options(args), environ)

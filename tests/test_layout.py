@@ -66,3 +66,10 @@ def test_no_module_imports_itself_back():
                     seen.add(nxt)
                     stack.append((nxt, path + [nxt]))
     assert not cycles, "\n".join(sorted(set(cycles))[:20])
+
+
+def test_no_module_is_much_over_400_lines():
+    """The guide's limit is "about 400": a module that grows past it is split by responsibility."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 420}
+    assert not long, long

@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Mapping
 
 from . import hardware as hw
+from . import probe as hwprobe
 from .. import logs
 from . import memory, volume
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog
+from .catalog_load import load_catalog
 from .instances import Instance, instances
 from ..errors import ConfigError
 from .types import Plan
 from .planner import make_plan
-from .settings import Settings, catalog_paths, declared_variables, load_settings
+from .settings import Settings, declared_variables
+from .environment import catalog_paths, load_settings
 
 
 @dataclass(frozen=True)
@@ -117,12 +120,12 @@ def resolve_hardware(models_dir: Path, options: HardwareOptions, environ: Mappin
         base = hw.load(options.hardware_file)
     elif options.gpu or options.vram:
         # Simulating a GPU: do not touch NVML at all, only this machine's RAM and disk.
-        ram_total, ram_available, ram_source = hw.probe_ram()
-        disk_path, disk_free = hw.probe_disk(models_dir)
+        ram_total, ram_available, ram_source = hwprobe.probe_ram()
+        disk_path, disk_free = hwprobe.probe_disk(models_dir)
         base = hw.Hardware(gpus=(), ram_total=ram_total, ram_available=ram_available, disk_free=disk_free,
                            disk_path=str(disk_path), ram_source=ram_source, source="simulated")
     else:
-        base = hw.probe(models_dir, environ, nvml=nvml)
+        base = hwprobe.probe(models_dir, environ, nvml=nvml)
     if options.simulated:
         return hw.simulate(base, gpu=options.gpu, vram=options.vram, count=options.gpu_count, ram=options.ram,
                            disk=options.disk)

@@ -1,7 +1,7 @@
 """The node packs the image installs: `config/packs.toml` -> validated `Pack`s (repository, pinned commit, folder).
 The same file drives the image build (docker/install_packs.py); this side only reads what the plan needs.
 
-The catalogue's features name the packs whose nodes load their files; `catalog.load_catalog` checks those names
+The catalogue's features name the packs whose nodes load their files; `catalog_load.load_catalog` checks those names
 against this file, and `supervisor plan` shows each enabled feature's packs with their pins. The image build
 (docker/install_packs.py) reads the same file, so what the plan promises is what the image has.
 """

@@ -21,7 +21,8 @@ import structlog
 
 from .. import logs
 from ..errors import ConfigError, Problem
-from ..plan.settings import Settings, declared_variables, load_settings
+from ..plan.settings import Settings, declared_variables
+from ..plan.environment import load_settings
 from .handler import Worker
 from .pod import Pod, status_url
 

@@ -58,7 +58,7 @@ def file_describer(catalog: "Catalog | None" = None, plan: Plan | None = None) -
 
 
 def _catalog_for(settings: Settings) -> "Catalog | None":
-    from ..plan.catalog import load_catalog
+    from ..plan.catalog_load import load_catalog
     from ..errors import ConfigError
 
     try:

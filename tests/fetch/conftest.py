@@ -12,7 +12,8 @@ import pytest
 
 from supervisor.plan.hardware import Hardware
 from supervisor.plan.types import Download, Plan, ResourceCheck
-from supervisor.plan.settings import Settings, load_settings
+from supervisor.plan.settings import Settings
+from supervisor.plan.environment import load_settings
 from supervisor.fetch.tuning import Tuning
 from tests.standins.hub import Hub
 

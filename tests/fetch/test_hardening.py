@@ -4,7 +4,6 @@ Hub, the closing summary, MODELS_DIR that cannot be written, and a bug in one fi
 
 import socket
 import threading
-import time
 from dataclasses import replace
 
 import pytest

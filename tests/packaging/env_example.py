@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import textwrap
 
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.settings import declared_variables
 
 from .files import dockerfile, effective_env

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.settings import declared_variables, variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,9 @@ import textwrap
 
 import pytest
 
-from supervisor.plan.catalog import config_dir, load_catalog
+from supervisor.plan.catalog import config_dir
+
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.errors import ConfigError
 
 

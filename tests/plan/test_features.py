@@ -1,7 +1,6 @@
 """Features as units: every switch's plan names its node packs (pinned) and workflow, or refuses it with a reason;
 VRAM shared between features (other processes, resident models, on-demand peaks) shows in the plan with numbers."""
 
-import copy
 import json
 import re
 from dataclasses import replace
@@ -12,10 +11,11 @@ import pytest
 from supervisor.cli import main
 from supervisor.errors import ConfigError
 from supervisor.plan import hardware as hw
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan import probe as hwprobe
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.packs import load_packs
 from supervisor.plan.planner import make_plan
-from supervisor.plan.settings import load_settings
+from supervisor.plan.environment import load_settings
 from supervisor.plan.types import FULL, ON_DEMAND, SKIPPED
 
 from .fake_nvml import DATA, FakeNvml
@@ -181,7 +181,7 @@ def occupied_reading(used_bytes):
 
 def test_vram_another_process_holds_is_reported_and_planned_around():
     used = 50 * GIB
-    found = hw.probe(hw.Path("/"), {}, nvml=FakeNvml(occupied_reading(used)))
+    found = hwprobe.probe(Path("/"), {}, nvml=FakeNvml(occupied_reading(used)))
     hardware = replace(found, **BIG)
     plan = plan_for(hardware, ENABLE_STEADYDANCER="true")
     (warning,) = [w for w in plan.warnings if "already used by another process" in w]
@@ -192,14 +192,14 @@ def test_vram_another_process_holds_is_reported_and_planned_around():
     assert (sd.variant, sd.offload) != ("bf16", FULL)           # the idle card would hold bf16 resident
     assert "28.6 GiB usable" in sd.reason
     assert "--highvram" not in plan.comfyui_args                 # 28.6 GiB free is below the --highvram line
-    idle = plan_for(replace(hw.probe(hw.Path("/"), {}, nvml=FakeNvml.from_file("h100-x1.json")), **BIG),
+    idle = plan_for(replace(hwprobe.probe(Path("/"), {}, nvml=FakeNvml.from_file("h100-x1.json")), **BIG),
                     ENABLE_STEADYDANCER="true")
     assert (idle.model("steadydancer").variant, idle.model("steadydancer").offload) == ("bf16", FULL)
     assert not [w for w in idle.warnings if "another process" in w]
 
 
 def test_driver_noise_in_nvml_used_is_not_another_process():
-    found = hw.probe(hw.Path("/"), {}, nvml=FakeNvml(occupied_reading(100 * 2**20)))
+    found = hwprobe.probe(Path("/"), {}, nvml=FakeNvml(occupied_reading(100 * 2**20)))
     plan = plan_for(replace(found, **BIG), ENABLE_STEADYDANCER="true")
     assert not [w for w in plan.warnings if "another process" in w]
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.plan import hardware as hw
+from supervisor.plan import probe as hwprobe
 from supervisor.errors import ConfigError
 
 from .fake_nvml import FakeNvml, NVMLError
@@ -13,7 +14,7 @@ H200_UUIDS = ["GPU-e18fae57-fdba-adf4-838d-2729966c9c46", "GPU-d9e63e19-918d-33b
 
 def probe(tmp_path, reading="h100-x1.json", environ=None, **kwargs):
     nvml = FakeNvml.from_file(reading, **kwargs)
-    return hw.probe(tmp_path, environ or {}, nvml=nvml), nvml
+    return hwprobe.probe(tmp_path, environ or {}, nvml=nvml), nvml
 
 
 def test_h100_reading_gives_nvml_bytes_and_reserved(tmp_path):
@@ -37,7 +38,7 @@ def test_without_memory_v2_reserved_is_zero_not_a_crash(tmp_path):
 
 def test_no_driver_gives_cpu_only_description_with_warning(tmp_path):
     nvml = FakeNvml(None, init_error=NVMLError("Driver Not Loaded"))
-    found = hw.probe(tmp_path, {}, nvml=nvml)
+    found = hwprobe.probe(tmp_path, {}, nvml=nvml)
     assert found.gpus == ()
     assert any("NVML unavailable" in w for w in found.warnings)
     assert any("CPU only" in w for w in found.warnings)
@@ -94,7 +95,7 @@ def test_cgroup_v2_limit_lowers_ram(tmp_path):
     root.mkdir()
     (root / "memory.max").write_text("8589934592\n")
     (root / "memory.current").write_text("1073741824\n")
-    total, available, source = hw.probe_ram(root)
+    total, available, source = hwprobe.probe_ram(root)
     assert (total, source) == (8 * 2**30, "cgroup v2")
     assert available <= 7 * 2**30
 
@@ -104,15 +105,15 @@ def test_cgroup_v1_limit_and_unlimited_values(tmp_path):
     (root / "memory").mkdir(parents=True)
     (root / "memory" / "memory.limit_in_bytes").write_text(str(2**30 * 4))
     (root / "memory" / "memory.usage_in_bytes").write_text("0")
-    assert hw.probe_ram(root)[0::2] == (4 * 2**30, "cgroup v1")
+    assert hwprobe.probe_ram(root)[0::2] == (4 * 2**30, "cgroup v1")
     (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
-    assert hw.probe_ram(root)[2] == "psutil"
+    assert hwprobe.probe_ram(root)[2] == "psutil"
     (root / "memory.max").write_text("max\n")
-    assert hw.probe_ram(root)[2] == "psutil"
+    assert hwprobe.probe_ram(root)[2] == "psutil"
 
 
 def test_disk_is_measured_on_the_nearest_existing_parent(tmp_path):
-    path, free = hw.probe_disk(tmp_path / "not" / "yet" / "models")
+    path, free = hwprobe.probe_disk(tmp_path / "not" / "yet" / "models")
     assert path == tmp_path and free > 0
 
 
@@ -180,7 +181,7 @@ def test_the_real_probe_never_loads_nvml_into_the_supervisor(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from supervisor.plan import hardware; h = hardware.probe(sys.argv[1]); "
+    code = ("import sys; from supervisor.plan import probe; h = probe.probe(sys.argv[1]); "
             "print('pynvml' in sys.modules, h.source, h.ram_total > 0)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "nvml", "True"]
@@ -189,7 +190,7 @@ def test_the_real_probe_never_loads_nvml_into_the_supervisor(tmp_path):
 def test_isolated_probe_reports_like_the_in_process_one():
     isolated: list[str] = []
     direct: list[str] = []
-    assert hw.probe_gpus_isolated(isolated) == hw.probe_gpus(None, direct)
+    assert hwprobe.probe_gpus_isolated(isolated) == hwprobe.probe_gpus(None, direct)
     assert isolated == direct
 
 
@@ -198,15 +199,15 @@ def test_an_ambiguous_uuid_prefix_selects_nothing_as_in_cuda():
     gpus = [hw.Gpu(index=i, name="H200", uuid=f"GPU-abc{i}0000-1111", total=2**37, free=2**37, reserved=0,
                    compute_capability=(9, 0), pci_bus_id=f"0000:{i:02x}") for i in range(2)]
     warnings: list[str] = []
-    assert hw.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc"}, warnings) == []
+    assert hwprobe.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc"}, warnings) == []
     assert any("'GPU-abc' matches no GPU" in w for w in warnings)
-    chosen = hw.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc1,GPU-abc"}, [])
+    chosen = hwprobe.apply_visibility(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-abc1,GPU-abc"}, [])
     assert [(g.index, g.cuda_index) for g in chosen] == [(1, 0)]
 
 
 def test_the_summary_says_when_nvml_could_not_be_read(tmp_path):
     nvml = FakeNvml(None, init_error=NVMLError("Driver Not Loaded"))
-    summary = hw.probe(tmp_path, {}, nvml=nvml).summary()
+    summary = hwprobe.probe(tmp_path, {}, nvml=nvml).summary()
     assert summary.endswith("[no NVML]") and "[nvml]" not in summary
     ok, _ = probe(tmp_path, "h100-x1.json")
     assert ok.summary().endswith("[nvml]")

@@ -12,6 +12,7 @@ import pytest
 
 from supervisor.errors import ConfigError
 from supervisor.plan import hardware as hw
+from supervisor.plan import probe as hwprobe
 from supervisor.plan.context import HardwareOptions, load_context
 from supervisor.plan.instances import pod_files
 
@@ -113,7 +114,7 @@ def test_plan_command_shows_each_instance_and_json_lists_them(tmp_path):
 
 
 def test_a_recorded_two_h200_reading(tmp_path):
-    probed = hw.probe(tmp_path, {}, nvml=FakeNvml.from_file("h200-x2.json"))
+    probed = hwprobe.probe(tmp_path, {}, nvml=FakeNvml.from_file("h200-x2.json"))
     path = tmp_path / "h200-x2-probe.json"
     path.write_text(json.dumps(probed.to_dict()))
     ctx = context({"COMFYUI_PER_GPU": "true"}, hardware_file=path)

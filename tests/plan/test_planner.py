@@ -5,11 +5,14 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from pathlib import Path
+
 from supervisor.plan import hardware as hw
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan import probe as hwprobe
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.types import FULL, MODEL_OFFLOAD, ON_DEMAND, SEQUENTIAL, SKIPPED
 from supervisor.plan.planner import make_plan, vram_class
-from supervisor.plan.settings import load_settings
+from supervisor.plan.environment import load_settings
 
 from .fake_nvml import FakeNvml
 
@@ -26,7 +29,7 @@ def machine(name: str | None = None, *, vram: str | None = None, ram=256 * GIB, 
 
 
 def recorded(reading: str, environ=None, **resources):
-    found = hw.probe(hw.Path("/"), environ or {}, nvml=FakeNvml.from_file(reading))
+    found = hwprobe.probe(Path("/"), environ or {}, nvml=FakeNvml.from_file(reading))
     return replace(found, **{**BIG_POD, **resources})
 
 

@@ -5,9 +5,10 @@ GPU index given to `--cuda-device`."""
 import pytest
 
 from supervisor.plan import hardware as hw
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan import probe as hwprobe
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.planner import make_plan
-from supervisor.plan.settings import load_settings
+from supervisor.plan.environment import load_settings
 
 GIB = 2**30
 CATALOG = load_catalog()
@@ -34,7 +35,7 @@ def test_cuda_device_is_the_containers_index_because_comfyui_replaces_cuda_visib
 
     host = [card(0, "RTX 4090", 25_757_220_864), card(1, "RTX 4090", 25_757_220_864),
             card(2, "H100", 85_520_809_984), card(3, "RTX 4090", 25_757_220_864)]
-    visible = hw.apply_visibility(host, {"CUDA_VISIBLE_DEVICES": "3,2"}, [])
+    visible = hwprobe.apply_visibility(host, {"CUDA_VISIBLE_DEVICES": "3,2"}, [])
     machine = hw.Hardware(gpus=tuple(visible), ram_total=128 * GIB, ram_available=128 * GIB,
                           disk_free=2000 * 10**9, disk_path="/workspace")
     plan = make_plan(load_settings({}, CATALOG), CATALOG, machine)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.settings import variable_defaults
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_tier_table_is_what_the_planner_plans_and_says_where_each_figure_comes_f
 
     from supervisor.plan import hardware as hw
     from supervisor.plan.planner import make_plan
-    from supervisor.plan.settings import load_settings
+    from supervisor.plan.environment import load_settings
 
     catalog = load_catalog()
     ram = 128 * 2**30

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.errors import ConfigError
-from supervisor.plan.settings import Secret, declared_variables, load_settings
+from supervisor.plan.settings import Secret, declared_variables
+from supervisor.plan.environment import load_settings
 
 
 @pytest.fixture(scope="module")

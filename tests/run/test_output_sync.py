@@ -191,7 +191,7 @@ def test_shutdown_waits_for_the_upload_in_flight(pod, supervisor):
 
 def test_enable_r2_sync_needs_a_bucket():
     from supervisor.errors import ConfigError
-    from supervisor.plan.settings import load_settings
+    from supervisor.plan.environment import load_settings
 
     with pytest.raises(ConfigError, match="R2_BUCKET"):
         load_settings({"ENABLE_R2_SYNC": "true"})

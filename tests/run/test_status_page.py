@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from supervisor import logs
-from supervisor.plan.settings import load_settings
+from supervisor.plan.environment import load_settings
 from tests import browser
 from tests.standins.hub import Hub, TokenBucket
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from supervisor.plan import hardware as hw
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.types import Plan
 from supervisor.plan.planner import make_plan
-from supervisor.plan.settings import Settings, load_settings
+from supervisor.plan.settings import Settings
+from supervisor.plan.environment import load_settings
 from supervisor.workflows.resolve import DEFAULT_INPUTS
 
 from .object_info_fixture import build_object_info, folder_lists

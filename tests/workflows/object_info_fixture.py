@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shipped:
         _write_shipped()
     if args.write:
-        from supervisor.plan.catalog import load_catalog
+        from supervisor.plan.catalog_load import load_catalog
         from supervisor.workflows import resolve as workflows
 
         catalog = load_catalog()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.plan import hardware as hw
-from supervisor.plan.catalog import load_catalog
+from supervisor.plan.catalog_load import load_catalog
 from supervisor.plan.planner import make_plan
-from supervisor.plan.settings import load_settings
+from supervisor.plan.environment import load_settings
 from supervisor.workflows import errors, validate, workflows_dir
 from supervisor.workflows.features import WorkflowError, load_template, placeholders, resolve
 
