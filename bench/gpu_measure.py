@@ -5,28 +5,13 @@ Used by bench/gpu_classes.py. Nothing here starts processes.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read().decode()
-            return response.status, json.loads(text) if text.strip().startswith(("{", "[")) else text
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode()
-        try:
-            return exc.code, json.loads(text)
-        except ValueError:
-            return exc.code, text
+from pod_e2e import http  # noqa: F401  (the bench's one small HTTP helper, used by gpu_classes too)
 
 
 class NvmlSampler(threading.Thread):

@@ -36,7 +36,7 @@ BASE = "localhost/ubuntu-noble-minbase:24.04"
 IMAGE = "localhost/comfyui-pod-supervisor:local"
 PYPI = "https://pypi.org/simple"
 # What the build context needs (the Dockerfile's COPY sources): copied for the rebuild probe.
-CONTEXT = ["pyproject.toml", "README.md", "supervisor", "config", "workflows", "docker", ".dockerignore"]
+CONTEXT = ["pyproject.toml", "README.md", "supervisor", "config", "workflows", "comfyui_node", "docker", ".dockerignore"]
 
 
 class DiskPeak:

@@ -101,6 +101,12 @@ class Checks:
                         "print('loaded', o.__version__, o.get_available_providers())")
         self.record("onnxruntime-gpu's CUDA provider library loads (its CUDA libraries resolve from torch's wheels)",
                     ort.returncode == 0, (ort.stdout + ort.stderr).strip()[-300:])
+        extras = self.exec("/opt/supervisor/bin/python", "-c", "import boto3, runpod, prometheus_client; "
+                           "print('boto3', boto3.__version__, 'runpod', runpod.__version__)")
+        self.record("the supervisor's extras import (outputs: boto3, serverless: runpod; metrics)",
+                    extras.returncode == 0, (extras.stdout + extras.stderr).strip()[-300:])
+        node = self.exec("test", "-f", "/opt/ComfyUI/custom_nodes/comfyui-pod-status/__init__.py")
+        self.record("the operator's ComfyUI node is installed (comfyui-pod-status)", node.returncode == 0)
         self.stop()
 
     def check_node_packs(self) -> None:

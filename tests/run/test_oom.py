@@ -25,6 +25,13 @@ def post_prompt(pod) -> str:
     return response.json()["prompt_id"]
 
 
+def survive_an_oom(run, pod, count: int) -> None:
+    """Queue a prompt that runs out of memory; return once the supervisor counted it and the prompt has ended."""
+    post_prompt(pod)
+    run.wait_for("comfyui.prompt_oom", count=count)
+    run.wait_for("comfyui.log", where=lambda e: e["line"].startswith("Prompt executed in"), count=count)
+
+
 def plan_cli(pod, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "supervisor", "plan", *HARDWARE, *args], cwd=REPO, env=pod.env,
                           capture_output=True, text=True, timeout=60)
@@ -127,23 +134,18 @@ def test_exits_after_a_survived_oom_are_classified_by_their_own_evidence(pod, su
     run = supervisor(pod, *HARDWARE)
     run.wait_for("supervise.ready")
 
-    def oom_then(count: int) -> None:
-        post_prompt(pod)
-        run.wait_for("comfyui.prompt_oom", count=count)
-        run.wait_for("comfyui.log", where=lambda e: e["line"].startswith("Prompt executed in"), count=count)
-
-    oom_then(1)
+    survive_an_oom(run, pod, 1)
     httpx.get(f"{pod.comfy_url}/manager/reboot", timeout=5, trust_env=False)
     assert run.wait_for("comfyui.exited")["class"] == "reboot"
     run.wait_for("supervise.ready", count=2)
 
-    oom_then(2)
+    survive_an_oom(run, pod, 2)
     os.kill(run.status()["comfyui"]["pid"], signal.SIGKILL)
     killed = run.wait_for("comfyui.exited", count=2)
     assert killed["class"] == "killed", killed
     run.wait_for("supervise.ready", count=3)
 
-    oom_then(3)
+    survive_an_oom(run, pod, 3)
     httpx.post(f"{pod.comfy_url}/standin/crash", json={}, timeout=5, trust_env=False)
     crash = run.wait_for("comfyui.exited", count=3)
     assert crash["class"] == "crash" and "stand-in crash on request" in crash["message"], crash
@@ -160,9 +162,7 @@ def test_five_oom_then_reboot_cycles_do_not_end_the_supervisor(pod, supervisor):
     run = supervisor(pod, *HARDWARE)
     run.wait_for("supervise.ready")
     for cycle in range(1, 6):
-        post_prompt(pod)
-        run.wait_for("comfyui.prompt_oom", count=cycle)
-        run.wait_for("comfyui.log", where=lambda e: e["line"].startswith("Prompt executed in"), count=cycle)
+        survive_an_oom(run, pod, cycle)
         httpx.get(f"{pod.comfy_url}/manager/reboot", timeout=5, trust_env=False)
         assert run.wait_for("comfyui.exited", count=cycle)["class"] == "reboot"
         run.wait_for("supervise.ready", count=cycle + 1)

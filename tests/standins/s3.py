@@ -157,12 +157,16 @@ class FlakyProxy:
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
+    def _throttle(self, src: socket.socket, data: bytes) -> None:
+        """Called before each chunk is passed on: a subclass slows one direction down."""
+
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._throttle(src, data)
                 dst.sendall(data)
         except OSError:
             pass
