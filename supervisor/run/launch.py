@@ -53,7 +53,8 @@ class Launch:
 
 def state_dir(settings) -> Path:
     """Files the supervisor generates for ComfyUI; on the data volume because COMFYUI_DIR may be read-only."""
-    return Path(settings.comfyui_data_dir) / ".supervisor"
+    # Absolute: ComfyUI runs in COMFYUI_DIR, so a relative COMFYUI_DATA_DIR would point elsewhere for it.
+    return Path(settings.comfyui_data_dir).absolute() / ".supervisor"
 
 
 def model_folders(catalog) -> list[str]:

@@ -139,3 +139,15 @@ def test_the_planners_flags_are_accepted_by_comfyui_0_3_64(tmp_path, gpu):
     assert comfyui.check_flags(launch.argv[2:], real, ()) == []
     # The old template's 12-16 GB flags are caught.
     assert len(comfyui.check_flags(["--medvram", "--cpu-text-encoder"], real, ())) == 2
+
+
+def test_a_relative_data_dir_reaches_comfyui_as_absolute_paths(tmp_path, known, monkeypatch):
+    # ComfyUI runs in COMFYUI_DIR, not where the supervisor started: every path it is given must not depend on that.
+    monkeypatch.chdir(tmp_path)
+    ctx, env = context(tmp_path, COMFYUI_DATA_DIR="data", MODELS_DIR="models")
+    launch = comfyui.build_launch(ctx.plan(), ctx.settings, ctx.catalog, known, env)
+    for flag in ("--extra-model-paths-config", "--input-directory", "--output-directory", "--user-directory"):
+        value = launch.argv[launch.argv.index(flag) + 1]
+        assert Path(value).is_absolute() and Path(value).exists(), (flag, value)
+    assert Path(launch.env["__COMFY_CLI_SESSION__"]).is_absolute()
+    assert launch.reboot_marker.is_absolute()
