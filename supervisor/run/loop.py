@@ -246,8 +246,8 @@ class Supervisor:
     # ===========================================================================================================
     # Readiness and the status page: recomputed from the state after every round
 
-    def not_ready_reasons(self) -> list[str]:
-        """Why the pod is not ready (empty: it is). With several units, READY_WHEN=any needs only one of them."""
+    def pod_reasons(self) -> list[str]:
+        """Why no ComfyUI of the pod can be ready: a shutdown, plan errors, the files, the node updates."""
         if self.rt.stopping:
             return ["shutting down"]
         reasons: list[str] = []
@@ -261,13 +261,19 @@ class Supervisor:
             if reason:
                 reasons.append(reason)
         if self.sidecars.waiting_for_nodes:
-            return reasons + ["updating the custom nodes before ComfyUI starts"]
-        per_unit = {unit.name: unit.not_ready_reasons() for unit in self.units}
-        if len(per_unit) == 1:
-            return reasons + next(iter(per_unit.values()))
-        if self.settings.ready_when == "any" and any(not r for r in per_unit.values()):
-            return reasons
-        return reasons + [f"{name}: {reason}" for name, unit_reasons in per_unit.items() for reason in unit_reasons]
+            reasons.append("updating the custom nodes before ComfyUI starts")
+        return reasons
+
+    def not_ready_reasons(self, shared: list[str], own: dict[str, list[str]]) -> list[str]:
+        """Why the pod is not ready (empty: it is), from the pod-wide reasons and each unit's own. With several
+        units, READY_WHEN=any needs only one of them."""
+        if self.rt.stopping or self.sidecars.waiting_for_nodes:
+            return shared  # the units' own reasons would only repeat it
+        if len(own) == 1:
+            return shared + next(iter(own.values()))
+        if self.settings.ready_when == "any" and any(not reasons for reasons in own.values()):
+            return shared
+        return shared + [f"{name}: {reason}" for name, reasons in own.items() for reason in reasons]
 
     def phase(self, ready: bool) -> str:
         if self.gave_up is not None:
@@ -287,12 +293,12 @@ class Supervisor:
         return "checking" if "checking" in phases else "not_ready"
 
     def update_status(self) -> None:
-        reasons = self.not_ready_reasons()
+        shared = self.pod_reasons()
+        own = {unit.name: unit.not_ready_reasons() for unit in self.units}
+        reasons = self.not_ready_reasons(shared, own)
         ready = not reasons
-        shared = [r for r in reasons if not any(r.startswith(f"{u.name}: ") for u in self.units)]
         for unit in self.units:
-            unit_ready = not shared and not self.rt.stopping and not unit.not_ready_reasons()
-            if unit_ready and unit.proc is not None and unit.proc.ready_at is None:
+            if not shared and not own[unit.name] and unit.proc is not None and unit.proc.ready_at is None:
                 self.on_ready(unit)
         if ready != self.was_ready:
             if not ready and self.was_ready and not self.rt.stopping:
@@ -304,14 +310,14 @@ class Supervisor:
                         live=all(unit.live() for unit in self.units), comfyui=first.describe(ready),
                         plan=plan_summary(first.plan), restarts=self.units.restart_summary(first),
                         services=self.sidecars.describe(), oom=first.oom_status(),
-                        instances=[self.describe_unit(unit, shared) for unit in self.units],
+                        instances=[self.describe_unit(unit, shared if self.rt.stopping else shared + own[unit.name])
+                                   for unit in self.units],
                         supervisor={"pid": os.getpid(), "pid1": init.pid1, "subreaper": init.subreaper,
                                     "orphans_reaped": init.orphans_reaped, "gave_up": self.gave_up,
                                     "restarts": self.restarts()})
 
-    def describe_unit(self, unit: ComfyUnit, shared: list[str]) -> dict[str, Any]:
+    def describe_unit(self, unit: ComfyUnit, reasons: list[str]) -> dict[str, Any]:
         """One instance for /status (and /readyz/<name>): ready when the pod-wide reasons and its own are gone."""
-        reasons = ["shutting down"] if self.rt.stopping else shared + unit.not_ready_reasons()
         return {**unit.instance.to_dict(), **unit.describe(not reasons), "ready": not reasons, "not_ready": reasons,
                 "plan": plan_summary(unit.plan), "restarts": self.units.restart_summary(unit), "oom": unit.oom_status()}
 

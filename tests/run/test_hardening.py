@@ -107,6 +107,8 @@ def test_not_ready_while_comfyui_starts(pod, supervisor):
     run = supervisor(pod)
     wait_until(lambda: "ComfyUI is starting" in readyz(pod)[1], what="the starting reason")
     assert readyz(pod)[0] == 503
+    status = run.status()  # the one instance says the same, once
+    assert status["instances"][0]["not_ready"] == status["not_ready"] and status["instances"][0]["ready"] is False
     run.wait_for("supervise.ready")
     assert readyz(pod) == (200, [])
     run.send(signal.SIGTERM)
