@@ -57,8 +57,7 @@ class Incarnation:
 
     def restart_in_place(self, prober: Prober) -> None:
         """Same process, new start (ComfyUI-Manager's legacy reboot): readiness starts over."""
-        self.prober.stop.set()
-        self.stop.set()
+        self.retire()
         self.answered_at = self.checks_started = self.checks_done = self.ready_at = None
         self.stop = threading.Event()
         self.prober = prober
@@ -138,12 +137,17 @@ class ComfyUnit:
             self.backoff = (decision.delay, time.monotonic())
         return ExitOutcome(info, record, decision, step_down)
 
+    def lower_rung(self) -> dict[str, int]:
+        """`degrade` one rung down the ladder for every model that has one left (unchanged at the bottom)."""
+        return {**self.degrade, **{m.feature: self.degrade.get(m.feature, 0) + 1
+                                   for m in (self.plan.models if self.plan else []) if m.ladder}}
+
     def step_down(self) -> list[str]:
-        """One rung down the ladder for every model that has one left; the features stepped (none: at the bottom).
-        The caller makes the new plan with `degrade`."""
-        features = [m.feature for m in (self.plan.models if self.plan else []) if m.ladder]
-        for feature in features:
-            self.degrade[feature] = self.degrade.get(feature, 0) + 1
+        """Take the lower rung; the features stepped (none: at the bottom). The caller makes the new plan with
+        `degrade`."""
+        lower = self.lower_rung()
+        features = [feature for feature in lower if lower[feature] != self.degrade.get(feature, 0)]
+        self.degrade = lower
         return features
 
     def rung(self) -> str:

@@ -247,8 +247,7 @@ class Units:
                     node_type=data.get("node_type"), message=data.get("message"), rung=unit.rung(),
                     count_on_rung=count, policy=self.settings.oom_step_down, action=action)
         if action == REMEMBER:
-            degrade = {**unit.degrade, **{m.feature: unit.degrade.get(m.feature, 0) + 1
-                                          for m in unit.plan.models if m.ladder}}
+            degrade = unit.lower_rung()
             if degrade != unit.degrade:
                 log.warning("supervise.step_down_remembered", degrade=degrade, why=self.prompt_oom_why(unit),
                             message="OOM_STEP_DOWN=next-start: the next start begins on the lower rung")
