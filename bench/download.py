@@ -137,9 +137,20 @@ def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[subproce
     return proc, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def aria2_baseline(hub: "StandIn", catalog: Path, args: argparse.Namespace, link: float,
-                   places: list[tuple[str, Path]]) -> list[str]:
-    """Ours and aria2c -x16 -s16 on the same link, into each place (tmpfs, disk): throughput and CPU s/GB."""
+def aria2_baseline(hub: "StandIn", catalog: Path, args: argparse.Namespace, work: Path,
+                   on_shm: bool) -> list[str]:
+    """Ours and aria2c -x16 -s16 on the same link, into the work folder (tmpfs, if it is one) and onto the disk:
+    throughput and CPU s/GB."""
+    disk = Path(tempfile.mkdtemp(prefix="bench-download-disk-"))
+    try:
+        return _aria2_against_ours(hub, catalog, args, [("tmpfs" if on_shm else "workdir", work / "a2"),
+                                                        ("disk", disk)])
+    finally:
+        shutil.rmtree(disk, ignore_errors=True)
+
+
+def _aria2_against_ours(hub: "StandIn", catalog: Path, args: argparse.Namespace,
+                        places: list[tuple[str, Path]]) -> list[str]:
     aria2c = shutil.which("aria2c")
     if not aria2c:
         return ["aria2c baseline: skipped (aria2c not installed: apt-get install aria2)"]
@@ -214,12 +225,7 @@ def main() -> int:
                   f"files written to {work}{' (tmpfs)' if on_shm else ''}", flush=True)
 
             if args.only == "aria2":
-                disk = Path(tempfile.mkdtemp(prefix="bench-download-disk-"))
-                try:
-                    results += aria2_baseline(hub, catalog, args, link,
-                                              [("tmpfs" if on_shm else "workdir", work / "a2"), ("disk", disk)])
-                finally:
-                    shutil.rmtree(disk, ignore_errors=True)
+                results += aria2_baseline(hub, catalog, args, work, on_shm)
                 print("\n" + "\n".join(results))
                 return 0
 
@@ -267,12 +273,7 @@ def main() -> int:
                                  (again / args.size) / 0.05, again <= 0.05 * args.size))
 
             # 4. aria2c, on tmpfs (where `work` is, if it fits) and on disk
-            disk = Path(tempfile.mkdtemp(prefix="bench-download-disk-"))
-            try:
-                results += aria2_baseline(hub, catalog, args, link,
-                                          [("tmpfs" if on_shm else "workdir", work / "a2"), ("disk", disk)])
-            finally:
-                shutil.rmtree(disk, ignore_errors=True)
+            results += aria2_baseline(hub, catalog, args, work, on_shm)
         finally:
             hub.close()
 
