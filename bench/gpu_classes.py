@@ -468,18 +468,24 @@ class Bench:
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows) + "\n"
 
     def write(self) -> None:
+        if self.sampler:
+            self.results["nvml_sample_hz"] = round(self.sampler.rate_hz, 1)
+        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        stem = self.write_results("gpu-classes")
+        stem.with_name(f"{stem.name}.txt").write_text(self.table())
+
+    def write_results(self, kind: str, detail: str = "") -> Path:
+        """KIND-DATE-[DETAIL-]GPU[TAG].json (the results) and .log.gz (the supervisor's and ComfyUI's output) under
+        --out; returns the path without a suffix."""
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
         name = self.real.get("name", "cpu-rehearsal") if self.cuda else "cpu-rehearsal"
         slug = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
-        stem = f"gpu-classes-{self.started:%Y-%m-%d}-{slug}{self.args.tag}"
-        if self.sampler:
-            self.results["nvml_sample_hz"] = round(self.sampler.rate_hz, 1)
-        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
-        (out / f"{stem}.json").write_text(json.dumps(self.results, indent=1, default=str))
-        (out / f"{stem}.txt").write_text(self.table())
-        with gzip.open(out / f"{stem}.log.gz", "wt") as f:
+        stem = out / f"{kind}-{self.started:%Y-%m-%d}-{detail + '-' if detail else ''}{slug}{self.args.tag}"
+        stem.with_name(f"{stem.name}.json").write_text(json.dumps(self.results, indent=1, default=str))
+        with gzip.open(stem.with_name(f"{stem.name}.log.gz"), "wt") as f:
             f.write("".join(self.raw_logs))
+        return stem
 
     # -- the run ------------------------------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -220,16 +219,7 @@ class PerGpu(Bench):
         return report
 
     def write_per_gpu(self) -> None:
-        out = Path(self.args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        name = self.real.get("name", "cpu-rehearsal") if self.cuda else "cpu-rehearsal"
-        slug = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
-        stem = f"per-gpu-{self.started:%Y-%m-%d}-{self.args.instances}x-{slug}{self.args.tag}"
-        (out / f"{stem}.json").write_text(json.dumps(self.results, indent=1, default=str))
-        import gzip
-
-        with gzip.open(out / f"{stem}.log.gz", "wt") as f:
-            f.write("".join(self.raw_logs))
+        self.write_results("per-gpu", f"{self.args.instances}x")
 
 
 def main() -> int:
