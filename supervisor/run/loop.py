@@ -150,7 +150,7 @@ class Supervisor:
 
     def output_dir(self, url: Any) -> Path | None:
         """The output folder of the ComfyUI at `url` (its last --output-directory; one per GPU with instances)."""
-        for proc in self.units.running():
+        for proc in self.units.processes():
             argv = list(proc.launch.argv)
             if proc.launch.url == url and "--output-directory" in argv:
                 return Path(argv[len(argv) - 1 - argv[::-1].index("--output-directory") + 1])
@@ -164,7 +164,6 @@ class Supervisor:
 
     def start_fetch(self) -> None:
         """Fetch the current plan's files in a thread; one fetch at a time (a new plan waits for the old fetch)."""
-        assert self.plan is not None
         if self.fetch is not None and self.fetch.running:
             self.refetch = True
             self.fetch.stop.set()
@@ -204,7 +203,7 @@ class Supervisor:
             self.forward(sig)
 
     def forward(self, sig: int) -> None:
-        running = [proc for proc in self.units.running() if proc.running]
+        running = [proc for proc in self.units.processes() if proc.running]
         if not running:
             log.info("supervise.signal_ignored", signal=signal_name(sig), message="ComfyUI is not running")
         for proc in running:

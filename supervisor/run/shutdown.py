@@ -61,7 +61,7 @@ class Shutdown:
             job.stop.set()
         if self.uploads is not None:
             self.uploads.stop()  # the upload in flight finishes (within the grace); the rest stays pending
-        answering = [p for p in self.units.running() if p.running and p.answered_at is not None]
+        answering = [p for p in self.units.processes() if p.running and p.answered_at is not None]
         drain = self.settings.drain_timeout > 0 and bool(answering) and not gave_up
         budget = self.settings.shutdown_grace + (self.settings.drain_timeout if drain else 0)
         (log.info if budget < DOCKER_STOP_TIMEOUT else log.warning)(
@@ -70,7 +70,7 @@ class Shutdown:
             budget_s=budget, margin_s=round(DOCKER_STOP_TIMEOUT - budget, 3),
             note=None if budget < DOCKER_STOP_TIMEOUT else "DRAIN_TIMEOUT + SHUTDOWN_GRACE exceed docker stop's "
             "default 10 s: raise `docker stop -t` / stop_grace_period or SIGKILL will cut the shutdown short")
-        for proc in self.units.running():
+        for proc in self.units.processes():
             proc.prober.stop.set()
         if drain:
             self.draining = {p.generation for p in answering}
@@ -99,7 +99,7 @@ class Shutdown:
     def stop_children(self) -> None:
         """The stop signal to every ComfyUI's group (TERM, or what was received: INT stops ComfyUI gracefully)."""
         sig = self.signal if self.signal in STOP_SIGNALS else signal.SIGTERM
-        for proc in self.units.running():
+        for proc in self.units.processes():
             proc.stop.set()
             self.rt.init.signal(proc.child, sig)
         self.sidecars.stop()
@@ -113,7 +113,7 @@ class Shutdown:
     def kill_everything(self) -> None:
         self.killing = True
         self.rt.cancel_timer("drain", "grace", *(unit.timer("kill") for unit in self.units))
-        for proc in self.units.running():
+        for proc in self.units.processes():
             if proc.running:
                 proc.killed_for = proc.killed_for or exits.SHUTDOWN
         for child in list(self.rt.init.children.values()):
@@ -129,7 +129,7 @@ class Shutdown:
         """During shutdown: exit once ComfyUI, the services, the pulls and the fetch are gone."""
         if not self.rt.stopping or self.exit_code is not None:
             return
-        if self.units.running() or self.sidecars.busy():
+        if self.units.processes() or self.sidecars.busy():
             return
         job = self.fetch()
         if not self.killing and job is not None and job.thread is not None and job.thread.is_alive():

@@ -291,7 +291,8 @@ class Units:
         self.rt.set_timer(unit.timer("kill"), self.settings.shutdown_grace,
                           lambda: self.rt.init.signal(child, signal.SIGKILL))
 
-    def running(self) -> list[Incarnation]:
+    def processes(self) -> list[Incarnation]:
+        """The units' current ComfyUI processes (one that exited is gone once its exit is handled)."""
         return [u.proc for u in self.units if u.proc is not None]
 
     # ===========================================================================================================
